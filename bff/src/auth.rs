@@ -1,0 +1,246 @@
+//! Bearer tokens: who is asking, for which tenant, in which role.
+//!
+//! Tokens are HS256 JWTs carrying the tenant (`tenant`), the subject
+//! (`sub`, the member id for members) and a role. Every read and write is
+//! scoped to the token's tenant; a request without a token is anonymous
+//! and scoped to the configured default tenant.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthSettings;
+use crate::domain::{MemberId, TenantId};
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A shopper: reads their own data, checks out.
+    Member,
+    /// A marketing rule author of the tenant.
+    RuleAuthor,
+    /// An operator of the tenant.
+    Operator,
+}
+
+/// The claims of a BFF token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer; must equal `auth.issuer`.
+    pub iss: String,
+    /// Subject: the member id for members, a staff id otherwise.
+    pub sub: String,
+    /// The tenant every request of this token is scoped to.
+    pub tenant: TenantId,
+    /// What the token allows.
+    pub role: Role,
+    /// Issued at (seconds since the epoch).
+    pub iat: u64,
+    /// Expires at (seconds since the epoch).
+    pub exp: u64,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No token: public data of the default tenant only.
+    Anonymous {
+        /// The tenant of public screens.
+        tenant: TenantId,
+    },
+    /// A member of a tenant.
+    Member {
+        /// The member's tenant.
+        tenant: TenantId,
+        /// The member.
+        member: MemberId,
+    },
+    /// A rule author or operator of a tenant.
+    Staff {
+        /// The staff member's tenant.
+        tenant: TenantId,
+        /// Their role.
+        role: Role,
+        /// Their id.
+        subject: String,
+    },
+}
+
+impl Principal {
+    /// The tenant this request is scoped to.
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Principal::Anonymous { tenant }
+            | Principal::Member { tenant, .. }
+            | Principal::Staff { tenant, .. } => tenant,
+        }
+    }
+
+    /// The member, if a member is asking.
+    pub fn member(&self) -> Option<&MemberId> {
+        match self {
+            Principal::Member { member, .. } => Some(member),
+            _ => None,
+        }
+    }
+}
+
+/// Why a presented token was refused. The client only ever learns that
+/// the token is invalid; the reason is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token is expired.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, wrong issuer, malformed, or missing claims.
+    #[error("token invalid: {0}")]
+    Invalid(String),
+}
+
+/// Signs and verifies tokens.
+#[derive(Clone)]
+pub struct Authenticator {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl Authenticator {
+    /// An authenticator for the configured key and issuer.
+    pub fn new(settings: &AuthSettings) -> Self {
+        let secret = settings.jwt_secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[settings.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = settings.leeway_secs;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer: settings.issuer.clone(),
+            ttl: Duration::from_secs(settings.token_ttl_secs),
+        }
+    }
+
+    /// Signs a token for `subject` of `tenant` in `role`, valid for the
+    /// configured lifetime (or `ttl` if given).
+    pub fn issue(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        role: Role,
+        ttl: Option<Duration>,
+    ) -> Result<String, AuthError> {
+        let iat = now();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject.to_owned(),
+            tenant: tenant.clone(),
+            role,
+            iat,
+            exp: iat + ttl.unwrap_or(self.ttl).as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Verifies a token and returns who it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
+        let claims = data.claims;
+        Ok(match claims.role {
+            Role::Member => Principal::Member {
+                tenant: claims.tenant,
+                member: MemberId::parse(claims.sub)
+                    .map_err(|e| AuthError::Invalid(e.to_string()))?,
+            },
+            role => Principal::Staff {
+                tenant: claims.tenant,
+                role,
+                subject: claims.sub,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::new(&AuthSettings::default())
+    }
+
+    #[test]
+    fn an_issued_member_token_verifies_to_that_member_and_tenant() {
+        let tenant = TenantId::parse("demo").unwrap();
+        let token = auth()
+            .issue(&tenant, "member-1", Role::Member, None)
+            .unwrap();
+        let principal = auth().verify(&token).unwrap();
+        assert_eq!(principal.tenant(), &tenant);
+        assert_eq!(principal.member().map(|m| m.as_str()), Some("member-1"));
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_or_issuer_is_refused() {
+        let tenant = TenantId::parse("demo").unwrap();
+        let other = Authenticator::new(&AuthSettings {
+            jwt_secret: "another-secret-that-is-long-enough-123".into(),
+            ..AuthSettings::default()
+        });
+        let token = other
+            .issue(&tenant, "member-1", Role::Member, None)
+            .unwrap();
+        assert!(matches!(auth().verify(&token), Err(AuthError::Invalid(_))));
+        let other_issuer = Authenticator::new(&AuthSettings {
+            issuer: "someone-else".into(),
+            ..AuthSettings::default()
+        });
+        let token = other_issuer
+            .issue(&tenant, "member-1", Role::Member, None)
+            .unwrap();
+        assert!(matches!(auth().verify(&token), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_as_expired() {
+        let tenant = TenantId::parse("demo").unwrap();
+        let a = auth();
+        let claims = Claims {
+            iss: "mall-bff".into(),
+            sub: "member-1".into(),
+            tenant,
+            role: Role::Member,
+            iat: now() - 7200,
+            exp: now() - 3600,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        assert!(matches!(a.verify(&token), Err(AuthError::Expired)));
+    }
+}

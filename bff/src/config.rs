@@ -1,0 +1,407 @@
+//! Layered, typed configuration.
+//!
+//! Layers, later wins: built-in defaults → a TOML file (`--config`) →
+//! `BFF_*` environment variables (nested keys with `__`, e.g.
+//! `BFF_UPSTREAMS__PRODUCT__BASE_URL`). Unknown keys in any layer are an
+//! error, so a typo never silently falls back to a default. Every key is
+//! documented here and in `bff/docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::domain::TenantId;
+
+/// The signing key of development tokens. It is public (it is in this
+/// repository), so a production configuration that uses it is refused.
+pub const DEV_JWT_SECRET: &str = "mall-bff-dev-key-do-not-use-in-production";
+
+/// Configuration could not be loaded or is inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or has unknown / mistyped keys.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values are individually fine but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Inconsistent(String),
+}
+
+/// Where the BFF runs. Production refuses development conveniences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Local development and demos: dev signing key allowed, demo token
+    /// endpoint on, embedded demo upstreams allowed.
+    #[default]
+    Development,
+    /// Real traffic: a real signing key and real upstreams are required.
+    Production,
+}
+
+/// All settings of the BFF.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `development` (default) or `production`.
+    pub environment: Environment,
+    /// Address the HTTP server binds (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// Tenant of requests that carry no token (public screens).
+    pub default_tenant: TenantId,
+    /// Member and staff authentication.
+    pub auth: AuthSettings,
+    /// The upstream services.
+    pub upstreams: UpstreamsSettings,
+    /// The embedded demo upstreams (used for every upstream without a
+    /// `base_url`).
+    pub demo: DemoSettings,
+    /// GraphQL endpoint limits and behaviour.
+    pub graphql: GraphqlSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Development,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            default_tenant: TenantId::parse("demo").expect("literal tenant id is valid"),
+            auth: AuthSettings::default(),
+            upstreams: UpstreamsSettings::default(),
+            demo: DemoSettings::default(),
+            graphql: GraphqlSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// Token verification settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 secret that signs and verifies tokens. Defaults to the public
+    /// development key, which production refuses.
+    pub jwt_secret: SecretString,
+    /// `iss` claim written into and required of every token.
+    pub issuer: String,
+    /// Lifetime of tokens printed by `bff token`, in seconds.
+    pub token_ttl_secs: u64,
+    /// Clock skew tolerated when checking `exp` / `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: SecretString::from(DEV_JWT_SECRET),
+            issuer: "mall-bff".to_owned(),
+            token_ttl_secs: 24 * 3600,
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// The three upstream services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamsSettings {
+    /// Mall service (malls, stores).
+    pub mall: UpstreamSettings,
+    /// Member service (members, coupons, points, wallet).
+    pub member: UpstreamSettings,
+    /// Product service (products, listings, flash sales).
+    pub product: UpstreamSettings,
+    /// Largest number of idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamsSettings {
+    fn default() -> Self {
+        Self {
+            mall: UpstreamSettings::default(),
+            member: UpstreamSettings::default(),
+            product: UpstreamSettings::default(),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// One upstream service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Base URL of the service (e.g. `http://mall.internal:8080/api`).
+    /// Unset: the embedded demo service is started and used.
+    pub base_url: Option<Url>,
+    /// Time allowed for one call, connect included, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            timeout_ms: 800,
+        }
+    }
+}
+
+impl UpstreamSettings {
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The embedded demo data set and its fault injection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Seed of the generated data; the same seed gives the same data.
+    pub seed: u64,
+    /// Size multiplier: 1 gives 3 malls, 60 stores, 3,000 products and
+    /// 1,000 members; 10 gives ten times as many of each.
+    pub size: u32,
+    /// Faults injected into every demo service.
+    pub faults: FaultSettings,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            size: 1,
+            faults: FaultSettings::default(),
+        }
+    }
+}
+
+/// Faults a demo service injects into every request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSettings {
+    /// Fixed latency added to every response, in milliseconds.
+    pub latency_ms: u64,
+    /// Extra random latency, uniformly 0..=jitter_ms, in milliseconds.
+    pub jitter_ms: u64,
+    /// Share of requests answered with HTTP 503 (0.0 ..= 1.0).
+    pub error_rate: f64,
+    /// Every request is answered with HTTP 503.
+    pub down: bool,
+}
+
+/// GraphQL endpoint settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Largest query complexity accepted (each field counts 1; list
+    /// fields count their page size times their children).
+    pub max_complexity: usize,
+    /// Most aliased fields accepted in one operation.
+    pub max_aliases: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Whether schema introspection is served (the playground needs it).
+    pub introspection: bool,
+    /// Serve the playground at `/playground`.
+    pub playground: bool,
+    /// How long a DataLoader waits for more keys before it sends a batch,
+    /// in microseconds. See `bff/docs/benchmarks.md` for why this value.
+    pub dataloader_delay_us: u64,
+}
+
+impl Default for GraphqlSettings {
+    fn default() -> Self {
+        Self {
+            max_depth: 10,
+            max_complexity: 2000,
+            max_aliases: 30,
+            max_body_bytes: 64 * 1024,
+            introspection: true,
+            playground: true,
+            dataloader_delay_us: 0,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter directive (overridden by `RUST_LOG`).
+    pub filter: String,
+    /// `pretty` for people, `json` for log shippers.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_owned(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given; it must exist), then `BFF_*`
+    /// environment variables, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("BFF_").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Rejects combinations that cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.environment == Environment::Production {
+            if self.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
+                return Err(ConfigError::Inconsistent(
+                    "auth.jwt_secret must be set to a private key in production \
+                     (the development key is public)"
+                        .into(),
+                ));
+            }
+            for (name, upstream) in self.upstreams.iter() {
+                if upstream.base_url.is_none() {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "upstreams.{name}.base_url is required in production \
+                         (demo upstreams are for development)"
+                    )));
+                }
+            }
+        }
+        if self.auth.jwt_secret.expose_secret().len() < 32 {
+            return Err(ConfigError::Inconsistent(
+                "auth.jwt_secret must be at least 32 bytes".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.demo.faults.error_rate) {
+            return Err(ConfigError::Inconsistent(
+                "demo.faults.error_rate must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if self.demo.size == 0 {
+            return Err(ConfigError::Inconsistent(
+                "demo.size must be at least 1".into(),
+            ));
+        }
+        for (name, upstream) in self.upstreams.iter() {
+            if upstream.timeout_ms == 0 {
+                return Err(ConfigError::Inconsistent(format!(
+                    "upstreams.{name}.timeout_ms must be positive"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamsSettings {
+    /// The upstreams with their names, in a fixed order.
+    pub fn iter(&self) -> [(&'static str, &UpstreamSettings); 3] {
+        [
+            ("mall", &self.mall),
+            ("member", &self.member),
+            ("product", &self.product),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn file_then_env_layers_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bff.toml",
+                r#"
+                listen = "127.0.0.1:9999"
+                [upstreams.product]
+                timeout_ms = 250
+                "#,
+            )?;
+            jail.set_env("BFF_UPSTREAMS__PRODUCT__TIMEOUT_MS", "300");
+            let settings =
+                Settings::load(Some(Path::new("bff.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen.port(), 9999);
+            assert_eq!(settings.upstreams.product.timeout_ms, 300);
+            assert_eq!(settings.upstreams.mall.timeout_ms, 800);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_in_file_and_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bff.toml", "[graphql]\nmax_dept = 3\n")?;
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("max_dept"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_LISTENN", "127.0.0.1:1");
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("listenn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        Jail::expect_with(|_jail| {
+            assert!(Settings::load(Some(Path::new("nope.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn production_refuses_the_dev_key_and_demo_upstreams() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_ENVIRONMENT", "production");
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("jwt_secret"), "{err}");
+            jail.set_env(
+                "BFF_AUTH__JWT_SECRET",
+                "a-real-private-key-of-at-least-32-bytes!",
+            );
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("base_url"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_secret_never_appears_in_debug_output() {
+        let settings = Settings::default();
+        assert!(!format!("{settings:?}").contains(DEV_JWT_SECRET));
+    }
+}

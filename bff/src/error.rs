@@ -1,0 +1,132 @@
+//! Errors as clients see them.
+//!
+//! Every error a client can receive carries one of the stable codes in
+//! [`code`] in `extensions.code`, and a message that is safe to show.
+//! Internal causes (upstream bodies, I/O errors) are logged where they
+//! happen and never returned.
+
+use async_graphql::ErrorExtensions;
+
+use crate::domain::InvalidInput;
+use crate::upstream::UpstreamError;
+
+/// The stable, machine-readable error codes of the API. Client apps switch
+/// on these; never rename one.
+pub mod code {
+    /// No valid token was presented where one is required.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The token is valid but may not do this.
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    /// An argument is malformed or out of range.
+    pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+    /// The addressed object does not exist (for this tenant).
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    /// An upstream service failed, timed out or is down.
+    pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    /// The request body is not a GraphQL document.
+    pub const GRAPHQL_PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+    /// The document does not validate against the schema.
+    pub const GRAPHQL_VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    /// The query nests deeper than the configured limit.
+    pub const QUERY_TOO_DEEP: &str = "QUERY_TOO_DEEP";
+    /// The query costs more than the configured complexity limit.
+    pub const QUERY_TOO_COMPLEX: &str = "QUERY_TOO_COMPLEX";
+    /// The query uses more aliases than allowed.
+    pub const TOO_MANY_ALIASES: &str = "TOO_MANY_ALIASES";
+    /// The HTTP request is not a GraphQL request (bad JSON, bad method).
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
+    /// The request body is larger than allowed.
+    pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// Something failed inside the BFF; details are in its logs.
+    pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
+}
+
+/// An error raised by a resolver.
+///
+/// Deliberately not `Display`: async-graphql converts anything `Display`
+/// into an error *without* a code, so keeping this type out of that blanket
+/// conversion makes `?` in a resolver always go through [`From`] below and
+/// always carry the stable code.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The request needs a member token.
+    Unauthenticated,
+    /// The token may not do this.
+    Forbidden(&'static str),
+    /// An argument is invalid.
+    BadInput(InvalidInput),
+    /// The object does not exist for this tenant.
+    NotFound {
+        /// Kind of object.
+        what: &'static str,
+        /// The id the client asked for.
+        id: String,
+    },
+    /// An upstream failed; the cause was logged by the upstream client.
+    Upstream(UpstreamError),
+}
+
+impl ApiError {
+    /// The stable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated => code::UNAUTHENTICATED,
+            ApiError::Forbidden(_) => code::FORBIDDEN,
+            ApiError::BadInput(_) => code::BAD_USER_INPUT,
+            ApiError::NotFound { .. } => code::NOT_FOUND,
+            ApiError::Upstream(UpstreamError::Rejected(_)) => code::BAD_USER_INPUT,
+            ApiError::Upstream(_) => code::UPSTREAM_UNAVAILABLE,
+        }
+    }
+
+    /// The message shown to the client.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Unauthenticated => {
+                "this field needs a member token (Authorization: Bearer <JWT>)".to_owned()
+            }
+            ApiError::Forbidden(why) => (*why).to_owned(),
+            ApiError::BadInput(err) => err.to_string(),
+            ApiError::NotFound { what, id } => format!("{what} `{id}` was not found"),
+            ApiError::Upstream(err) => err.to_string(),
+        }
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(err: InvalidInput) -> Self {
+        ApiError::BadInput(err)
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(err: UpstreamError) -> Self {
+        ApiError::Upstream(err)
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(err: ApiError) -> Self {
+        let mut error = async_graphql::Error::new(err.message());
+        error = error.extend_with(|_, ext| {
+            ext.set("code", err.code());
+            if let ApiError::Upstream(cause) = &err {
+                ext.set("upstream", cause.upstream());
+            }
+        });
+        error
+    }
+}
+
+/// Builds a client error with a code, for the few errors not raised
+/// through [`ApiError`] (limits, transport).
+pub fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::ServerError {
+    let mut err = async_graphql::ServerError::new(message, None);
+    let mut ext = async_graphql::ErrorExtensionValues::default();
+    ext.set("code", code);
+    err.extensions = Some(ext);
+    err
+}
+
+/// Result of internal functions that fail with a client-visible error.
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -1,0 +1,138 @@
+//! Schema assembly and the per-request context.
+//!
+//! Schema-wide handles (upstream clients) are built once; per-request
+//! facts (who is asking, the request's DataLoaders) travel in
+//! [`RequestContext`], inserted into each request's data by the HTTP
+//! handler.
+
+pub mod http;
+pub mod limits;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::{Context, EmptyMutation, EmptySubscription, MergedObject, Schema};
+
+use crate::auth::Principal;
+use crate::config::GraphqlSettings;
+use async_graphql::ErrorExtensions;
+
+use crate::error::code;
+use crate::home::HomeQuery;
+use crate::mall::{MallLoader, MallQuery, StoreLoader, StoresByMallLoader};
+use crate::member::{CouponsLoader, MemberLoader, MemberQuery};
+use crate::product::{Product, ProductLoader, ProductQuery};
+use crate::upstream::{MAX_BATCH, Upstreams};
+
+/// The root query: each capability contributes its own fields.
+#[derive(MergedObject, Default)]
+pub struct Query(MallQuery, MemberQuery, ProductQuery, HomeQuery);
+
+/// The BFF's GraphQL schema.
+pub type BffSchema = Schema<Query, EmptyMutation, EmptySubscription>;
+
+/// Builds the schema with the configured limits.
+pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
+    let mut builder = Schema::build(Query::default(), EmptyMutation, EmptySubscription)
+        .limit_depth(settings.max_depth)
+        .limit_complexity(settings.max_complexity)
+        .extension(limits::Limits {
+            max_aliases: settings.max_aliases,
+        });
+    if !settings.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The SDL of the public schema (what `bff schema` prints).
+pub fn sdl() -> String {
+    build_schema(&GraphqlSettings::default()).sdl()
+}
+
+type Loader<T> = DataLoader<T, HashMapCache>;
+
+/// The DataLoaders of one request. Each batches and de-duplicates the
+/// lookups of that request only, so one member never sees another's
+/// cached data.
+pub struct Loaders {
+    /// Malls by id.
+    pub malls: Loader<MallLoader>,
+    /// Stores by id.
+    pub stores: Loader<StoreLoader>,
+    /// Stores of a mall.
+    pub stores_by_mall: Loader<StoresByMallLoader>,
+    /// Members by id.
+    pub members: Loader<MemberLoader>,
+    /// A member's coupons.
+    pub coupons: Loader<CouponsLoader>,
+    /// Products by id.
+    pub products: Loader<ProductLoader>,
+}
+
+impl Loaders {
+    /// Fresh loaders for one request of `principal`'s tenant.
+    pub fn new(upstreams: &Upstreams, principal: &Principal, delay: Duration) -> Self {
+        let tenant = principal.tenant().clone();
+        macro_rules! new_loader {
+            ($loader:ident, $client:ident) => {
+                DataLoader::with_cache(
+                    $loader {
+                        client: upstreams.$client.clone(),
+                        tenant: tenant.clone(),
+                    },
+                    tokio::spawn,
+                    HashMapCache::default(),
+                )
+                .delay(delay)
+                .max_batch_size(MAX_BATCH)
+            };
+        }
+        Self {
+            malls: new_loader!(MallLoader, mall),
+            stores: new_loader!(StoreLoader, mall),
+            stores_by_mall: new_loader!(StoresByMallLoader, mall),
+            members: new_loader!(MemberLoader, member),
+            coupons: new_loader!(CouponsLoader, member),
+            products: new_loader!(ProductLoader, product),
+        }
+    }
+
+    /// Feeds products fetched by a list call into the product cache and,
+    /// when the client selected their stores, loads all those stores in
+    /// one batch now, so per-item `store` lookups hit the cache instead of
+    /// depending on batching timing. A failure here is not reported: the
+    /// per-item lookups retry (in one batch) and report it on their fields.
+    pub async fn prime(&self, products: &[&Product], with_stores: bool) {
+        self.products
+            .feed_many(products.iter().map(|p| (p.id.clone(), (*p).clone())))
+            .await;
+        if with_stores {
+            let _ = self
+                .stores
+                .load_many(products.iter().map(|p| p.store_id.clone()))
+                .await;
+        }
+    }
+}
+
+/// Everything a resolver needs to know about the request it serves.
+pub struct RequestContext {
+    /// Who is asking (and so which tenant).
+    pub principal: Principal,
+    /// The request's DataLoaders.
+    pub loaders: Loaders,
+    /// The upstream clients.
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// The request context of a resolver. Always present for requests served
+/// over HTTP; a missing one is a wiring bug reported as an internal error.
+pub fn request<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a RequestContext> {
+    ctx.data::<RequestContext>().map_err(|_| {
+        tracing::error!("request context missing");
+        async_graphql::Error::new("internal error")
+            .extend_with(|_, ext| ext.set("code", code::INTERNAL_SERVER_ERROR))
+    })
+}

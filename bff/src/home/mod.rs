@@ -1,0 +1,156 @@
+//! The home card: a whole home screen in one round trip.
+//!
+//! The resolver looks ahead at what the client selected, then fans out to
+//! the mall, member and product services **concurrently**. Once both
+//! product lists are in, the stores of all their products are loaded in
+//! one batch (when selected), so a card costs at most one call per
+//! upstream endpoint. A failing upstream nulls only the fields it feeds.
+
+use async_graphql::{Context, ID, Object, Result};
+use futures::future::OptionFuture;
+
+use crate::domain::MallId;
+use crate::error::ApiError;
+use crate::graphql::request;
+use crate::mall::Mall;
+use crate::member::{Coupon, Member};
+use crate::product::Product;
+use crate::upstream::UpstreamError;
+
+/// How many recommended products a card shows.
+pub const RECOMMENDED: usize = 10;
+
+/// What one part of the card came to: not asked for / not applicable
+/// (`None`), or the upstream's answer.
+type Part<T> = Option<Result<T, UpstreamError>>;
+
+/// A whole home screen for a mall and the asking member.
+pub struct HomeCard {
+    mall: Mall,
+    member: Part<Option<Member>>,
+    coupons: Part<Option<Vec<Coupon>>>,
+    flash_sale: Part<Vec<Product>>,
+    recommended: Part<Vec<Product>>,
+}
+
+fn part<T: Clone>(part: &Part<T>) -> Result<Option<T>> {
+    match part {
+        None => Ok(None),
+        Some(Ok(value)) => Ok(Some(value.clone())),
+        Some(Err(err)) => Err(ApiError::Upstream(err.clone()).into()),
+    }
+}
+
+/// Everything a home screen shows, built in one round trip. Fields fed by
+/// an upstream that fails are null, with an `UPSTREAM_UNAVAILABLE` error
+/// naming it.
+#[Object]
+impl HomeCard {
+    /// The mall.
+    async fn mall(&self) -> &Mall {
+        &self.mall
+    }
+    /// The asking member; null without a member token.
+    async fn member(&self) -> Result<Option<Member>> {
+        Ok(part(&self.member)?.flatten())
+    }
+    /// Products on flash sale in this mall now or soon.
+    async fn flash_sale(&self) -> Result<Option<Vec<Product>>> {
+        part(&self.flash_sale)
+    }
+    /// Products recommended for this member in this mall.
+    async fn recommended(&self) -> Result<Option<Vec<Product>>> {
+        part(&self.recommended)
+    }
+    /// Coupons the member can use; empty without a member token.
+    async fn coupons(&self) -> Result<Option<Vec<Coupon>>> {
+        match part(&self.coupons)? {
+            None => Ok(Some(Vec::new())),
+            Some(coupons) => Ok(Some(coupons.unwrap_or_default())),
+        }
+    }
+}
+
+/// The home-card query.
+#[derive(Default)]
+pub struct HomeQuery;
+
+#[Object]
+impl HomeQuery {
+    /// A whole home screen for a mall in one round trip: the mall, the
+    /// asking member, flash sales, recommendations and coupons.
+    #[tracing::instrument(name = "home_card", skip_all, fields(mall_id = %mall_id.0))]
+    async fn home_card(&self, ctx: &Context<'_>, mall_id: ID) -> Result<HomeCard> {
+        let mall_id = MallId::parse(mall_id.0).map_err(ApiError::from)?;
+        let req = request(ctx)?;
+        let loaders = &req.loaders;
+        let tenant = req.principal.tenant();
+        let member_id = req.principal.member().cloned();
+
+        let look = ctx.look_ahead();
+        let wants = |field: &str| look.field(field).exists();
+        let wants_member = wants("member") && member_id.is_some();
+        let wants_coupons = wants("coupons") && member_id.is_some();
+        let wants_flash = wants("flashSale");
+        let wants_recommended = wants("recommended");
+        let wants_stores = look.field("flashSale").field("store").exists()
+            || look.field("recommended").field("store").exists();
+
+        let mall = loaders.malls.load_one(mall_id.clone());
+        let member: OptionFuture<_> = member_id
+            .clone()
+            .filter(|_| wants_member)
+            .map(|id| loaders.members.load_one(id))
+            .into();
+        let coupons: OptionFuture<_> = member_id
+            .filter(|_| wants_coupons)
+            .map(|id| loaders.coupons.load_one(id))
+            .into();
+        let products = async {
+            let flash: OptionFuture<_> = wants_flash
+                .then(|| req.upstreams.product.flash_sales(tenant, &mall_id))
+                .into();
+            let recommended: OptionFuture<_> = wants_recommended
+                .then(|| {
+                    req.upstreams
+                        .product
+                        .listing(tenant, &mall_id, RECOMMENDED, None)
+                })
+                .into();
+            let (flash, recommended) = futures::join!(flash, recommended);
+            // An unknown mall has no listing (`None`); the mall lookup
+            // reports that, so treat it as empty here.
+            let flash = flash.map(|r| r.map(Option::unwrap_or_default));
+            let recommended = recommended.map(|r| {
+                r.map(|page| {
+                    page.map(|p| p.items.into_iter().map(|(_, p)| p).collect())
+                        .unwrap_or_default()
+                })
+            });
+            let all: Vec<&Product> = [&flash, &recommended]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flatten()
+                .collect();
+            loaders.prime(&all, wants_stores).await;
+            (flash, recommended)
+        };
+
+        let (mall, member, coupons, (flash_sale, recommended)) =
+            futures::join!(mall, member, coupons, products);
+        let mall = mall
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound {
+                what: "mall",
+                id: mall_id.to_string(),
+            })?;
+        Ok(HomeCard {
+            mall,
+            member,
+            coupons,
+            flash_sale,
+            recommended,
+        })
+    }
+}

@@ -1,0 +1,40 @@
+//! Mall BFF: a GraphQL backend-for-frontend for shopping-mall marketing
+//! apps.
+//!
+//! Client apps ask one GraphQL endpoint for a whole screen; the BFF fans
+//! out concurrently to the mall, member and product services and answers
+//! in one round trip.
+//!
+//! Modules, one capability each:
+//!
+//! * [`config`] — layered settings (defaults → TOML → `BFF_*` env).
+//! * [`telemetry`] — logging / tracing setup.
+//! * [`startup`] — builds the app, binds, serves, shuts down.
+//! * [`error`] — the stable error codes clients switch on.
+//! * [`domain`] — ids and money, parsed once at the edge.
+//! * [`auth`] — bearer tokens: tenant, member, role.
+//! * [`graphql`] — schema assembly, request context, limits, `/graphql`.
+//! * [`mall`], [`member`], [`product`] — each capability's types, queries
+//!   and DataLoaders.
+//! * [`home`] — the home card: a whole screen in one round trip.
+//! * [`upstream`] — one client per upstream service (anti-corruption
+//!   layer).
+//! * [`http`] — playground, health, readiness, metrics.
+//! * [`metrics`] — the instance's Prometheus registry.
+//! * [`demo`] — demo upstream services and their generated data set.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod graphql;
+pub mod home;
+pub mod http;
+pub mod mall;
+pub mod member;
+pub mod metrics;
+pub mod product;
+pub mod startup;
+pub mod telemetry;
+pub mod upstream;

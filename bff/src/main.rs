@@ -1,0 +1,174 @@
+//! The `bff` command: serve, run demo upstreams, print the schema, mint
+//! demo tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use bff::auth::{Authenticator, Role};
+use bff::config::{Environment, FaultSettings, Settings};
+use bff::domain::{MemberId, TenantId};
+use bff::startup::Application;
+
+/// GraphQL backend-for-frontend for shopping-mall marketing apps.
+#[derive(Parser)]
+#[command(name = "bff", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the BFF. With no settings: embedded demo upstreams, playground
+    /// at http://127.0.0.1:8080/playground/.
+    Serve {
+        /// Address to listen on (also `BFF_LISTEN`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// TOML config file (layered over defaults, under `BFF_*` env).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the demo upstream services standalone on one port, under
+    /// `/mall`, `/member` and `/product`.
+    Upstreams {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Fixed latency added to every response, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Extra random latency, 0..=N milliseconds.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// Share of requests answered with 503 (0.0..=1.0).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Answer every request with 503.
+        #[arg(long)]
+        down: bool,
+        /// TOML config file (for `demo.seed` and `demo.size`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Print a member token signed with the configured key (development
+    /// only).
+    Token {
+        /// The member id, e.g. `member-1`.
+        #[arg(long)]
+        member: String,
+        /// The tenant (default: the configured default tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The role the token grants.
+        #[arg(long, value_enum, default_value = "member")]
+        role: Role,
+        /// Lifetime in seconds (default: `auth.token_ttl_secs`).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bff: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { listen, config } => {
+            let mut settings = Settings::load(config.as_deref())?;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            bff::telemetry::init(&settings.log);
+            runtime()?.block_on(async {
+                let app = Application::build(settings).await?;
+                app.run_until_stopped().await?;
+                Ok(())
+            })
+        }
+        Command::Upstreams {
+            listen,
+            latency_ms,
+            jitter_ms,
+            error_rate,
+            down,
+            config,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            if !(0.0..=1.0).contains(&error_rate) {
+                anyhow::bail!("--error-rate must be between 0.0 and 1.0");
+            }
+            bff::telemetry::init(&settings.log);
+            let faults = FaultSettings {
+                latency_ms,
+                jitter_ms,
+                error_rate,
+                down,
+            };
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(%listen, "demo upstreams at /mall, /member, /product");
+                bff::demo::serve_standalone(listener, &settings.demo, faults).await?;
+                Ok(())
+            })
+        }
+        Command::Schema => {
+            print!("{}", bff::graphql::sdl());
+            Ok(())
+        }
+        Command::Token {
+            member,
+            tenant,
+            role,
+            ttl_secs,
+            config,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            if settings.environment == Environment::Production {
+                anyhow::bail!(
+                    "refusing to mint tokens: the configuration says production \
+                     (tokens come from the identity service there)"
+                );
+            }
+            let tenant = match tenant {
+                Some(t) => TenantId::parse(t)?,
+                None => settings.default_tenant.clone(),
+            };
+            let subject = if role == Role::Member {
+                MemberId::parse(member)?.to_string()
+            } else {
+                member
+            };
+            let token = Authenticator::new(&settings.auth).issue(
+                &tenant,
+                &subject,
+                role,
+                ttl_secs.map(Duration::from_secs),
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

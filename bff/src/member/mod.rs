@@ -1,0 +1,196 @@
+//! Members and their coupons: types, queries and loaders.
+
+use std::collections::HashMap;
+
+use async_graphql::dataloader::Loader;
+use async_graphql::{Context, Enum, ID, Object, Result};
+use chrono::{DateTime, Utc};
+
+use crate::auth::Principal;
+use crate::domain::{CouponId, MemberId, Money, TenantId};
+use crate::error::ApiError;
+use crate::graphql::request;
+use crate::upstream::{MemberClient, UpstreamError};
+
+/// A member (shopper) of the tenant.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Id.
+    pub id: MemberId,
+    /// Display name.
+    pub nickname: String,
+    /// Level code, e.g. `GOLD`.
+    pub level: String,
+    /// Points balance.
+    pub points: i64,
+    /// Wallet balance.
+    pub wallet: Money,
+    /// Segmentation tags.
+    pub tags: Vec<String>,
+}
+
+/// What a coupon takes off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum CouponKind {
+    /// A fixed amount off.
+    Cash,
+    /// A percentage off.
+    PercentOff,
+}
+
+/// A coupon held by a member.
+#[derive(Debug, Clone)]
+pub struct Coupon {
+    /// Id.
+    pub id: CouponId,
+    /// Display title.
+    pub title: String,
+    /// Cash or percentage.
+    pub kind: CouponKind,
+    /// Amount off (cash coupons).
+    pub amount_off: Option<Money>,
+    /// Percent off, 1..=100 (percentage coupons).
+    pub percent_off: Option<u32>,
+    /// Spend needed before the coupon applies.
+    pub min_spend: Money,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A member of the mall group's loyalty programme.
+#[Object]
+impl Member {
+    /// The member's id.
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    /// Display name.
+    async fn nickname(&self) -> &str {
+        &self.nickname
+    }
+    /// Membership level code, e.g. `BASIC`, `SILVER`, `GOLD`, `PLATINUM`.
+    async fn level(&self) -> &str {
+        &self.level
+    }
+    /// Points balance.
+    async fn points(&self) -> i64 {
+        self.points
+    }
+    /// Wallet (stored value) balance.
+    async fn wallet(&self) -> Money {
+        self.wallet
+    }
+    /// Coupons the member holds and can use. Null when the member service
+    /// cannot be reached.
+    async fn coupons(&self, ctx: &Context<'_>) -> Result<Option<Vec<Coupon>>> {
+        let coupons = request(ctx)?
+            .loaders
+            .coupons
+            .load_one(self.id.clone())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Some(coupons.unwrap_or_default()))
+    }
+}
+
+/// A coupon the member holds.
+#[Object]
+impl Coupon {
+    /// The coupon's id.
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    /// Display title, e.g. "¥10 off over ¥100".
+    async fn title(&self) -> &str {
+        &self.title
+    }
+    /// Whether it takes a fixed amount or a percentage off.
+    async fn kind(&self) -> CouponKind {
+        self.kind
+    }
+    /// Amount off, for `CASH` coupons.
+    async fn amount_off(&self) -> Option<Money> {
+        self.amount_off
+    }
+    /// Percent off (1–100), for `PERCENT_OFF` coupons.
+    async fn percent_off(&self) -> Option<u32> {
+        self.percent_off
+    }
+    /// Spend needed before the coupon applies.
+    async fn min_spend(&self) -> Money {
+        self.min_spend
+    }
+    /// When the coupon expires.
+    async fn expires_at(&self) -> DateTime<Utc> {
+        self.expires_at
+    }
+}
+
+/// Member queries.
+#[derive(Default)]
+pub struct MemberQuery;
+
+#[Object]
+impl MemberQuery {
+    /// The member of the bearer token. `UNAUTHENTICATED` without a member
+    /// token; null if the member does not exist in the token's tenant.
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<Member>> {
+        let req = request(ctx)?;
+        let member = match &req.principal {
+            Principal::Member { member, .. } => member.clone(),
+            Principal::Anonymous { .. } => return Err(ApiError::Unauthenticated.into()),
+            Principal::Staff { .. } => {
+                return Err(ApiError::Forbidden("`me` is for member tokens").into());
+            }
+        };
+        Ok(req
+            .loaders
+            .members
+            .load_one(member)
+            .await
+            .map_err(ApiError::from)?)
+    }
+}
+
+/// Batches member lookups of one request.
+pub struct MemberLoader {
+    /// Client.
+    pub client: MemberClient,
+    /// Tenant of the request.
+    pub tenant: TenantId,
+}
+
+impl Loader<MemberId> for MemberLoader {
+    type Value = Member;
+    type Error = UpstreamError;
+
+    async fn load(&self, keys: &[MemberId]) -> Result<HashMap<MemberId, Member>, UpstreamError> {
+        self.client.members_by_ids(&self.tenant, keys).await
+    }
+}
+
+/// De-duplicates coupon lookups of one request (the member service has no
+/// batch coupon endpoint; distinct members are fetched concurrently).
+pub struct CouponsLoader {
+    /// Client.
+    pub client: MemberClient,
+    /// Tenant of the request.
+    pub tenant: TenantId,
+}
+
+impl Loader<MemberId> for CouponsLoader {
+    type Value = Vec<Coupon>;
+    type Error = UpstreamError;
+
+    async fn load(
+        &self,
+        keys: &[MemberId],
+    ) -> Result<HashMap<MemberId, Vec<Coupon>>, UpstreamError> {
+        let found = futures::future::try_join_all(keys.iter().map(|member| async move {
+            let coupons = self.client.coupons(&self.tenant, member).await?;
+            Ok::<_, UpstreamError>(coupons.map(|c| (member.clone(), c)))
+        }))
+        .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics of one BFF instance, served at `/metrics`.
+//!
+//! The registry belongs to the application (not a process global) so that
+//! several instances in one process — as in the test suite — count
+//! separately.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of one upstream call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `mall`, `member` or `product`.
+    pub upstream: &'static str,
+    /// The endpoint, e.g. `stores.batch`.
+    pub endpoint: &'static str,
+    /// `ok`, `not_found`, `rejected`, `error` or `timeout`.
+    pub outcome: &'static str,
+}
+
+/// Labels of an upstream latency observation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `mall`, `member` or `product`.
+    pub upstream: &'static str,
+    /// The endpoint, e.g. `stores.batch`.
+    pub endpoint: &'static str,
+}
+
+/// Labels of a GraphQL request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `ok` when the response has no errors, else `error`.
+    pub outcome: &'static str,
+}
+
+/// The metrics of one BFF instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    upstream_calls: Family<CallLabels, Counter>,
+    upstream_seconds: Family<EndpointLabels, Histogram>,
+    graphql_requests: Family<RequestLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bff");
+        let upstream_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "upstream_calls",
+            "Calls made to upstream services, by endpoint and outcome",
+            upstream_calls.clone(),
+        );
+        let upstream_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
+        });
+        registry.register(
+            "upstream_call_seconds",
+            "Latency of upstream calls",
+            upstream_seconds.clone(),
+        );
+        let graphql_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "graphql_requests",
+            "GraphQL requests served, by outcome",
+            graphql_requests.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            upstream_calls,
+            upstream_seconds,
+            graphql_requests,
+        }
+    }
+
+    /// Records one upstream call.
+    pub fn upstream_call(
+        &self,
+        upstream: &'static str,
+        endpoint: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        self.upstream_calls
+            .get_or_create(&CallLabels {
+                upstream,
+                endpoint,
+                outcome,
+            })
+            .inc();
+        self.upstream_seconds
+            .get_or_create(&EndpointLabels { upstream, endpoint })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Calls made so far to one upstream endpoint, whatever their outcome.
+    pub fn upstream_calls(&self, upstream: &str, endpoint: &str) -> u64 {
+        ["ok", "not_found", "rejected", "error", "timeout"]
+            .iter()
+            .map(|outcome| {
+                // `get_or_create` would register an empty series; reading
+                // the family's current value this way does not matter for
+                // exposition since zero counters are harmless.
+                self.upstream_calls
+                    .get_or_create(&CallLabels {
+                        upstream: leak_known(upstream),
+                        endpoint: leak_known(endpoint),
+                        outcome,
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Records one GraphQL response.
+    pub fn graphql_request(&self, ok: bool) {
+        self.graphql_requests
+            .get_or_create(&RequestLabels {
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Label values are `&'static str` (no allocation per call on the hot
+/// path); lookups by a borrowed name map it back to the known constant.
+fn leak_known(name: &str) -> &'static str {
+    crate::upstream::KNOWN_LABELS
+        .iter()
+        .copied()
+        .find(|known| *known == name)
+        .unwrap_or("unknown")
+}

@@ -1,0 +1,248 @@
+//! Products: types, the paged listing, prices, loaders.
+
+use std::collections::HashMap;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::dataloader::Loader;
+use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{InvalidInput, MallId, Money, ProductId, StoreId, TenantId};
+use crate::error::ApiError;
+use crate::graphql::request;
+use crate::mall::Store;
+use crate::upstream::{ProductClient, UpstreamError};
+
+/// Default page size of product listings.
+pub const DEFAULT_PAGE: usize = 20;
+/// Largest page size of product listings.
+pub const MAX_PAGE: usize = 100;
+
+/// A product (SKU) sold in a store of a mall.
+#[derive(Debug, Clone)]
+pub struct Product {
+    /// Id (SKU).
+    pub id: ProductId,
+    /// Display name.
+    pub name: String,
+    /// The mall it is sold in.
+    pub mall_id: MallId,
+    /// The store that sells it.
+    pub store_id: StoreId,
+    /// Category.
+    pub category: String,
+    /// Merchandising tags.
+    pub tags: Vec<String>,
+    /// Price before any promotion.
+    pub list_price: Money,
+    /// Units available.
+    pub stock: u32,
+    /// Flash-sale window, if the product has one.
+    pub flash_sale: Option<FlashSale>,
+}
+
+/// A flash-sale window on a product.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct FlashSale {
+    /// Price during the window.
+    pub price: Money,
+    /// When the window opens.
+    pub starts_at: DateTime<Utc>,
+    /// When the window closes.
+    pub ends_at: DateTime<Utc>,
+    /// Units offered in the flash sale.
+    pub stock: u32,
+}
+
+/// A price for the asking member: the list price, what they pay, and
+/// which promotions made the difference.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Price {
+    /// Price before promotions.
+    pub list: Money,
+    /// Price the member pays.
+    #[graphql(name = "final")]
+    pub final_: Money,
+    /// `list - final`.
+    pub savings: Money,
+    /// Promotions applied, in the order they were applied.
+    pub applied: Vec<AppliedPromotion>,
+}
+
+/// One promotion's effect on a price.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct AppliedPromotion {
+    /// The promotion rule deployment that applied.
+    pub rule_id: ID,
+    /// Text for the shopper, e.g. "Gold members 5% off".
+    pub label: String,
+    /// Amount it took off.
+    pub amount: Money,
+}
+
+/// A product on sale in a mall.
+#[Object]
+impl Product {
+    /// The product's id (SKU).
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    /// Display name.
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    /// Category, e.g. `food`.
+    async fn category(&self) -> &str {
+        &self.category
+    }
+    /// Merchandising tags, e.g. `new`, `hot`.
+    async fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    /// Whether any unit is available.
+    async fn in_stock(&self) -> bool {
+        self.stock > 0
+    }
+    /// The store that sells it. Null when the mall service cannot be
+    /// reached (the error names it).
+    async fn store(&self, ctx: &Context<'_>) -> Result<Option<Store>> {
+        Ok(request(ctx)?
+            .loaders
+            .stores
+            .load_one(self.store_id.clone())
+            .await
+            .map_err(ApiError::from)?)
+    }
+    /// Price before any promotion.
+    async fn list_price(&self) -> Money {
+        self.list_price
+    }
+    /// The price for the asking member, with the promotions that apply.
+    /// Null when it cannot be computed.
+    async fn price(&self) -> Option<Price> {
+        Some(Price {
+            list: self.list_price,
+            final_: self.list_price,
+            savings: Money::ZERO,
+            applied: Vec::new(),
+        })
+    }
+    /// The product's flash-sale window, if it has one.
+    async fn flash_sale(&self) -> Option<&FlashSale> {
+        self.flash_sale.as_ref()
+    }
+}
+
+/// Product queries.
+#[derive(Default)]
+pub struct ProductQuery;
+
+#[Object]
+impl ProductQuery {
+    /// A mall's products, in recommended order, a page at a time
+    /// (`first` ≤ 100, default 20; `after` is an `endCursor`).
+    async fn products(
+        &self,
+        ctx: &Context<'_>,
+        mall_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Product>> {
+        let mall = MallId::parse(mall_id.0).map_err(ApiError::from)?;
+        let first = match first {
+            None => DEFAULT_PAGE,
+            Some(n) if n >= 1 && n as usize <= MAX_PAGE => n as usize,
+            Some(_) => {
+                return Err(ApiError::from(InvalidInput {
+                    what: "first",
+                    reason: "must be between 1 and 100",
+                })
+                .into());
+            }
+        };
+        let after = after.as_deref().map(decode_cursor).transpose()?;
+        let req = request(ctx)?;
+        let page = req
+            .upstreams
+            .product
+            .listing(req.principal.tenant(), &mall, first, after.as_deref())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound {
+                what: "mall",
+                id: mall.to_string(),
+            })?;
+
+        let look = ctx.look_ahead();
+        let wants_store = look.field("edges").field("node").field("store").exists()
+            || look.field("nodes").field("store").exists();
+        let products: Vec<&Product> = page.items.iter().map(|(_, p)| p).collect();
+        req.loaders.prime(&products, wants_store).await;
+
+        let mut connection = Connection::new(after.is_some(), page.has_more);
+        connection.edges.extend(
+            page.items
+                .into_iter()
+                .map(|(cursor, product)| Edge::new(encode_cursor(&cursor), product)),
+        );
+        Ok(connection)
+    }
+}
+
+/// Client cursors wrap the upstream's opaque cursor so clients never build
+/// or parse upstream cursors themselves.
+fn encode_cursor(upstream: &str) -> String {
+    URL_SAFE_NO_PAD.encode(upstream)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    const BAD: InvalidInput = InvalidInput {
+        what: "after",
+        reason: "is not a cursor returned by this API",
+    };
+    if cursor.len() > 128 {
+        return Err(BAD.into());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| BAD)?;
+    let raw = String::from_utf8(bytes).map_err(|_| BAD)?;
+    if raw.is_empty()
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(BAD.into());
+    }
+    Ok(raw)
+}
+
+/// Batches product lookups of one request.
+pub struct ProductLoader {
+    /// Client.
+    pub client: ProductClient,
+    /// Tenant of the request.
+    pub tenant: TenantId,
+}
+
+impl Loader<ProductId> for ProductLoader {
+    type Value = Product;
+    type Error = UpstreamError;
+
+    async fn load(&self, keys: &[ProductId]) -> Result<HashMap<ProductId, Product>, UpstreamError> {
+        self.client.products_by_ids(&self.tenant, keys).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_rejected() {
+        assert_eq!(decode_cursor(&encode_cursor("p19")).unwrap(), "p19");
+        assert!(decode_cursor("not base64!").is_err());
+        assert!(decode_cursor(&encode_cursor("p1,p2")).is_err());
+        assert!(decode_cursor(&"A".repeat(200)).is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! Building, binding, serving and stopping the application.
+//!
+//! Tests and `bff serve` start the app the same way: `Application::build`
+//! binds (port 0 in tests), starts the embedded demo upstreams for every
+//! upstream without a configured base URL, and `run_until_stopped` serves
+//! until Ctrl-C / SIGTERM, finishing in-flight requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::demo::{DemoUpstreams, Service, ServiceControl};
+use crate::domain::TenantId;
+use crate::graphql::{BffSchema, build_schema};
+use crate::metrics::Metrics;
+use crate::upstream::{BaseUrls, Upstreams};
+
+/// Shared state of the running app: one cheap-to-clone handle.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    schema: BffSchema,
+    upstreams: Arc<Upstreams>,
+    authenticator: Authenticator,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// The settings the app runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+    /// The GraphQL schema.
+    pub fn schema(&self) -> &BffSchema {
+        &self.inner.schema
+    }
+    /// The upstream clients.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
+    }
+    /// The upstream clients, shared.
+    pub fn upstreams_arc(&self) -> &Arc<Upstreams> {
+        &self.inner.upstreams
+    }
+    /// Token signing and verification.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.authenticator
+    }
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    /// Tenant of anonymous requests.
+    pub fn default_tenant(&self) -> &TenantId {
+        &self.inner.settings.default_tenant
+    }
+    /// How long DataLoaders wait to fill a batch.
+    pub fn dataloader_delay(&self) -> Duration {
+        Duration::from_micros(self.inner.settings.graphql.dataloader_delay_us)
+    }
+}
+
+/// A built, bound application, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    demo: Option<DemoUpstreams>,
+}
+
+impl Application {
+    /// Builds the app from settings and binds its listener. Starts the
+    /// demo upstreams if any upstream has no configured base URL.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.check()?;
+        let needs_demo = settings
+            .upstreams
+            .iter()
+            .iter()
+            .any(|(_, u)| u.base_url.is_none());
+        let demo = if needs_demo {
+            Some(DemoUpstreams::start(&settings.demo).await?)
+        } else {
+            None
+        };
+        let pick = |configured: &Option<url::Url>, service: Service| -> anyhow::Result<url::Url> {
+            match (configured, &demo) {
+                (Some(url), _) => Ok(url.clone()),
+                (None, Some(demo)) => Ok(demo.service(service).base_url.clone()),
+                (None, None) => anyhow::bail!("no base URL for the {} service", service.name()),
+            }
+        };
+        let urls = BaseUrls {
+            mall: pick(&settings.upstreams.mall.base_url, Service::Mall)?,
+            member: pick(&settings.upstreams.member.base_url, Service::Member)?,
+            product: pick(&settings.upstreams.product.base_url, Service::Product)?,
+        };
+        let metrics = Metrics::new();
+        let upstreams = Upstreams::new(&settings.upstreams, &urls, metrics.clone())?;
+        let state = AppState {
+            inner: Arc::new(Inner {
+                schema: build_schema(&settings.graphql),
+                upstreams: Arc::new(upstreams),
+                authenticator: Authenticator::new(&settings.auth),
+                metrics,
+                settings,
+            }),
+        };
+        let listener = TcpListener::bind(state.settings().listen).await?;
+        let router = crate::http::router(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            state,
+            demo,
+        })
+    }
+
+    /// The port the app is bound to (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// The app's shared state (metrics, settings).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Fault control of an embedded demo upstream, if it runs.
+    pub fn demo_control(&self, service: Service) -> Option<ServiceControl> {
+        self.demo
+            .as_ref()
+            .map(|d| d.service(service).control.clone())
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "BFF listening; playground at http://{addr}/playground");
+        // Keep the demo upstreams alive for as long as we serve.
+        let _demo = self.demo;
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
