@@ -263,7 +263,7 @@ impl DemoData {
                 let list_price_fen =
                     rng.random_range(5..=2000) * 100 - 10 * rng.random_range(0..=1);
                 let tag = *TAGS.choose(&mut rng).unwrap_or(&"new");
-                let flash = is_flash.then(|| FlashRecord {
+                let flash = is_flash.then_some(FlashRecord {
                     flash_price_fen: list_price_fen / 2,
                     start_at: FLASH_OPEN,
                     end_at: FLASH_CLOSE,

@@ -172,14 +172,14 @@ struct BatchQuery {
 }
 
 /// Splits a comma-separated id list, enforcing the batch limit.
-fn split_ids(raw: &str) -> Result<Vec<&str>, Response> {
+fn split_ids(raw: &str) -> Result<Vec<&str>, Box<Response>> {
     let ids: Vec<&str> = raw.split(',').filter(|s| !s.is_empty()).collect();
     if ids.len() > MAX_BATCH_IDS {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "TOO_MANY_IDS",
             "at most 200 ids per request",
-        ));
+        )));
     }
     Ok(ids)
 }
@@ -193,7 +193,7 @@ fn batch<'a, T: serde::Serialize + 'a>(
             let items: Vec<&T> = ids.into_iter().filter_map(lookup).collect();
             Json(json!({ "items": items })).into_response()
         }
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 
@@ -233,7 +233,7 @@ async fn stores(
                     .collect();
                 Json(json!({ "items": items })).into_response()
             }
-            Err(resp) => resp,
+            Err(resp) => *resp,
         },
         _ => error(
             StatusCode::BAD_REQUEST,

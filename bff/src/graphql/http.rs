@@ -32,7 +32,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// Works out who is asking from the `Authorization` header.
-pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, Box<Response>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         let tenant = match headers.get(TENANT_HEADER) {
             None => app.default_tenant().clone(),
@@ -41,11 +41,11 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, Re
                 .ok()
                 .and_then(|raw| TenantId::parse(raw).ok())
                 .ok_or_else(|| {
-                    error_response(
+                    Box::new(error_response(
                         StatusCode::BAD_REQUEST,
                         code::BAD_USER_INPUT,
                         "x-tenant-id is not a valid tenant id",
-                    )
+                    ))
                 })?,
         };
         return Ok(Principal::Anonymous { tenant });
@@ -61,7 +61,7 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, Re
             HeaderValue::from_static("Bearer error=\"invalid_token\""),
         );
         tracing::info!(reason, "token refused");
-        resp
+        Box::new(resp)
     };
     let token = value
         .to_str()
@@ -87,7 +87,7 @@ pub async fn graphql(
 ) -> Response {
     let principal = match authenticate(&app, &headers) {
         Ok(principal) => principal,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let request = match method {
         Method::GET => {

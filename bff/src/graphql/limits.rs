@@ -121,6 +121,9 @@ impl Extension for LimitsExtension {
                         code::QUERY_TOO_DEEP
                     } else if err.message.contains("too complex") {
                         code::QUERY_TOO_COMPLEX
+                    } else if err.message.starts_with("Invalid value for argument") {
+                        // A variable of the wrong shape: input, not schema misuse.
+                        code::BAD_USER_INPUT
                     } else {
                         code::GRAPHQL_VALIDATION_FAILED
                     };
@@ -131,23 +134,24 @@ impl Extension for LimitsExtension {
     }
 }
 
-/// Gives every error still lacking a code one. Errors raised by
-/// async-graphql itself while coercing arguments and variables are the
-/// client's doing (`BAD_USER_INPUT`); anything else is hidden behind
+/// Gives every error still lacking a code one. Our resolvers always set a
+/// code, so an uncoded error comes from async-graphql itself: without a
+/// path it is about the request (unknown or missing operation name), and
+/// with one it is argument / variable coercion — both the client's doing
+/// (`BAD_USER_INPUT`). Anything else is hidden behind
 /// `INTERNAL_SERVER_ERROR` and logged.
 pub fn ensure_codes(response: &mut Response) {
     for err in &mut response.errors {
         if has_code(err) {
             continue;
         }
-        let client_side = err.message.starts_with("Invalid value for argument")
-            || err.message.starts_with("Failed to parse")
-            || err.message.contains("ariable")
-            || err.message.contains("operation");
-        if client_side {
+        let coercion = ["Invalid value for argument", "Failed to parse", "Variable "]
+            .iter()
+            .any(|prefix| err.message.starts_with(prefix));
+        if err.path.is_empty() || coercion {
             *err = with_code(err.clone(), code::BAD_USER_INPUT);
         } else {
-            tracing::error!(message = %err.message, "uncoded error hidden from client");
+            tracing::error!(message = %err.message, path = ?err.path, "uncoded error hidden from client");
             err.message = "internal error".to_owned();
             *err = with_code(err.clone(), code::INTERNAL_SERVER_ERROR);
         }

@@ -140,6 +140,15 @@ impl MallQuery {
             .malls
             .feed_many(malls.iter().map(|m| (m.id.clone(), m.clone())))
             .await;
+        // Every mall's stores in one call, rather than one per mall or
+        // whatever a batching window happens to catch.
+        if ctx.look_ahead().field("stores").exists() {
+            let _ = req
+                .loaders
+                .stores_by_mall
+                .load_many(malls.iter().map(|m| m.id.clone()))
+                .await;
+        }
         Ok(malls)
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::{Edge, EmptyFields, PageInfo};
 use async_graphql::dataloader::Loader;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use base64::Engine;
@@ -69,6 +69,17 @@ pub struct Price {
     pub savings: Money,
     /// Promotions applied, in the order they were applied.
     pub applied: Vec<AppliedPromotion>,
+}
+
+/// A page of products with the cursors to continue.
+#[derive(SimpleObject)]
+pub struct ProductConnection {
+    /// Paging information: whether more pages follow, the end cursor.
+    pub page_info: PageInfo,
+    /// The products of this page, each with its cursor.
+    pub edges: Vec<Edge<String, Product, EmptyFields>>,
+    /// The products of this page (the edges' nodes).
+    pub nodes: Vec<Product>,
 }
 
 /// One promotion's effect on a price.
@@ -143,13 +154,16 @@ pub struct ProductQuery;
 impl ProductQuery {
     /// A mall's products, in recommended order, a page at a time
     /// (`first` ≤ 100, default 20; `after` is an `endCursor`).
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE as i32).clamp(1, MAX_PAGE as i32) as usize * child_complexity"
+    )]
     async fn products(
         &self,
         ctx: &Context<'_>,
         mall_id: ID,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, Product>> {
+    ) -> Result<ProductConnection> {
         let mall = MallId::parse(mall_id.0).map_err(ApiError::from)?;
         let first = match first {
             None => DEFAULT_PAGE,
@@ -181,13 +195,23 @@ impl ProductQuery {
         let products: Vec<&Product> = page.items.iter().map(|(_, p)| p).collect();
         req.loaders.prime(&products, wants_store).await;
 
-        let mut connection = Connection::new(after.is_some(), page.has_more);
-        connection.edges.extend(
-            page.items
+        let nodes: Vec<Product> = page.items.iter().map(|(_, p)| p.clone()).collect();
+        let end_cursor = page.items.last().map(|(c, _)| encode_cursor(c));
+        let start_cursor = page.items.first().map(|(c, _)| encode_cursor(c));
+        Ok(ProductConnection {
+            page_info: PageInfo {
+                has_previous_page: after.is_some(),
+                has_next_page: page.has_more,
+                start_cursor,
+                end_cursor,
+            },
+            edges: page
+                .items
                 .into_iter()
-                .map(|(cursor, product)| Edge::new(encode_cursor(&cursor), product)),
-        );
-        Ok(connection)
+                .map(|(cursor, product)| Edge::new(encode_cursor(&cursor), product))
+                .collect(),
+            nodes,
+        })
     }
 }
 

@@ -1,0 +1,132 @@
+use std::process::Command;
+
+use crate::helpers::spawn_app;
+
+fn bff() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bff"));
+    // The tests must not pick up a developer's own BFF_* settings.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BFF_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[tokio::test]
+async fn a_token_printed_by_bff_token_is_accepted_by_the_server() {
+    let app = spawn_app().await;
+    let output = bff()
+        .args(["token", "--member", "member-1"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+
+    let (_, body) = app.query("{ me { id } }", Some(token.trim())).await;
+
+    assert_eq!(body["data"]["me"]["id"], "member-1");
+}
+
+#[test]
+fn bff_token_refuses_in_production() {
+    let output = bff()
+        .args(["token", "--member", "member-1"])
+        .env("BFF_ENVIRONMENT", "production")
+        .env(
+            "BFF_AUTH__JWT_SECRET",
+            "a-real-production-secret-of-enough-bytes",
+        )
+        .env("BFF_UPSTREAMS__MALL__BASE_URL", "http://mall.internal/")
+        .env("BFF_UPSTREAMS__MEMBER__BASE_URL", "http://member.internal/")
+        .env(
+            "BFF_UPSTREAMS__PRODUCT__BASE_URL",
+            "http://product.internal/",
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("production"));
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn an_unknown_config_key_stops_the_server_with_a_message() {
+    let dir = std::env::temp_dir().join(format!("bff-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bff.toml");
+    std::fs::write(&file, "[graphql]\nmax_depht = 5\n").unwrap();
+
+    let output = bff()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("max_depht"));
+}
+
+/// Stops a child process even when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_bff_pointed_at_standalone_upstreams_serves_the_card() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let upstreams = KillOnDrop(
+        bff()
+            .args(["upstreams", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/mall/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "bff upstreams did not start");
+
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.upstreams.mall.base_url = Some(format!("{base}/mall").parse().unwrap());
+        s.upstreams.member.base_url = Some(format!("{base}/member").parse().unwrap());
+        s.upstreams.product.base_url = Some(format!("{base}/product").parse().unwrap());
+    })
+    .await;
+    let (_, body) = app
+        .query(
+            r#"{ homeCard(mallId: "mall-1") { mall { id } member { id } recommended { id store { id } } } }"#,
+            Some(&app.token("member-1")),
+        )
+        .await;
+    drop(upstreams);
+
+    assert_eq!(body["errors"], serde_json::Value::Null, "{body}");
+    assert_eq!(body["data"]["homeCard"]["member"]["id"], "member-1");
+    assert!(
+        !body["data"]["homeCard"]["recommended"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,207 @@
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bff::config::FaultSettings;
+use serde_json::Value;
+
+use crate::helpers::{codes, down, spawn_app, spawn_app_with};
+
+const CARD: &str = r#"{
+  homeCard(mallId: "mall-1") {
+    mall { id name openingHours { opens closes } }
+    member { id level points }
+    coupons { id kind }
+    flashSale { id name listPrice { amount } price { final { amount } } store { id name } }
+    recommended { id name price { list { amount } final { amount } savings { amount } applied { ruleId } } store { id name } }
+  }
+}"#;
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_members_home_card_has_everything_from_one_call_per_upstream_endpoint() {
+    let app = spawn_app().await;
+    let token = app.token("member-1");
+
+    let (status, body) = app.query(CARD, Some(&token)).await;
+
+    assert_eq!(status, 200);
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    let card = &body["data"]["homeCard"];
+    assert_eq!(card["mall"]["id"], "mall-1");
+    assert_eq!(card["member"]["id"], "member-1");
+    assert_eq!(card["member"]["level"], "GOLD");
+    assert_eq!(card["member"]["points"], 10_000);
+    assert!(card["coupons"].as_array().unwrap().len() >= 2);
+    assert!(ids(&card["flashSale"]).contains(&"sku-flash-1".to_owned()));
+    assert!(ids(&card["recommended"]).len() >= 5);
+    let stores: HashSet<&str> = card["flashSale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(card["recommended"].as_array().unwrap())
+        .map(|p| {
+            p["store"]["id"]
+                .as_str()
+                .expect("every product has its store")
+        })
+        .collect();
+    assert!(
+        stores.len() >= 3,
+        "products come from several stores: {stores:?}"
+    );
+    // Until promotion rules apply, the member pays the list price.
+    let first = &card["recommended"][0]["price"];
+    assert_eq!(first["final"], first["list"]);
+    assert_eq!(first["savings"]["amount"], 0);
+
+    for (upstream, endpoint) in [
+        ("mall", "malls.batch"),
+        ("mall", "stores.batch"),
+        ("member", "members.batch"),
+        ("member", "coupons.list"),
+        ("product", "flash_sales.list"),
+        ("product", "products.listing"),
+    ] {
+        assert_eq!(app.calls(upstream, endpoint), 1, "{upstream} {endpoint}");
+    }
+    assert_eq!(app.calls("product", "products.batch"), 0);
+    // And the services themselves saw exactly those requests.
+    assert_eq!(app.mall.requests(), 2);
+    assert_eq!(app.member.requests(), 2);
+    assert_eq!(app.product.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_public_card_renders_without_a_member_or_coupons_and_asks_no_member_service() {
+    let app = spawn_app().await;
+
+    let (status, body) = app.query(CARD, None).await;
+
+    assert_eq!(status, 200);
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    let card = &body["data"]["homeCard"];
+    assert_eq!(card["member"], Value::Null);
+    assert_eq!(card["coupons"], serde_json::json!([]));
+    assert!(!ids(&card["recommended"]).is_empty());
+    assert_eq!(app.member.requests(), 0);
+}
+
+#[tokio::test]
+async fn with_the_product_service_down_the_card_renders_without_products() {
+    let app = spawn_app().await;
+    app.product.set_faults(down());
+
+    let (status, body) = app.query(CARD, Some(&app.token("member-1"))).await;
+
+    assert_eq!(status, 200);
+    let card = &body["data"]["homeCard"];
+    assert_eq!(card["mall"]["id"], "mall-1");
+    assert_eq!(card["member"]["id"], "member-1");
+    assert_eq!(card["flashSale"], Value::Null);
+    assert_eq!(card["recommended"], Value::Null);
+    let errors = body["errors"].as_array().expect("errors explain the nulls");
+    assert_eq!(errors.len(), 2, "{body}");
+    for err in errors {
+        assert_eq!(err["extensions"]["code"], "UPSTREAM_UNAVAILABLE");
+        assert_eq!(err["extensions"]["upstream"], "product");
+        assert!(err["message"].as_str().unwrap().contains("product"));
+    }
+    let paths: HashSet<String> = errors.iter().map(|e| e["path"].to_string()).collect();
+    assert!(paths.contains(r#"["homeCard","flashSale"]"#), "{paths:?}");
+    assert!(paths.contains(r#"["homeCard","recommended"]"#), "{paths:?}");
+}
+
+#[tokio::test]
+async fn a_slow_product_service_is_cut_off_at_its_timeout_and_the_card_still_renders() {
+    let app = spawn_app_with(|s| s.upstreams.product.timeout_ms = 200).await;
+    app.product.set_faults(FaultSettings {
+        latency_ms: 5_000,
+        ..FaultSettings::default()
+    });
+
+    let started = Instant::now();
+    let (status, body) = app.query(CARD, Some(&app.token("member-1"))).await;
+    let took = started.elapsed();
+
+    assert_eq!(status, 200);
+    // Far below the upstream's 5 s: the card did not wait for it.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let card = &body["data"]["homeCard"];
+    assert_eq!(card["member"]["id"], "member-1");
+    assert_eq!(card["recommended"], Value::Null);
+    assert!(
+        codes(&body).iter().all(|c| c == "UPSTREAM_UNAVAILABLE"),
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in time")
+    );
+}
+
+#[tokio::test]
+async fn with_the_member_service_down_the_card_renders_with_a_null_member() {
+    let app = spawn_app().await;
+    app.member.set_faults(down());
+
+    let (_, body) = app.query(CARD, Some(&app.token("member-1"))).await;
+
+    let card = &body["data"]["homeCard"];
+    assert_eq!(card["member"], Value::Null);
+    assert_eq!(card["coupons"], Value::Null);
+    assert!(!ids(&card["recommended"]).is_empty());
+    let errors = body["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["extensions"]["upstream"] == "member"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_mall_is_not_found_and_a_malformed_id_is_bad_input() {
+    let app = spawn_app().await;
+
+    let (_, body) = app
+        .query(r#"{ homeCard(mallId: "mall-999") { mall { id } } }"#, None)
+        .await;
+    assert_eq!(codes(&body), ["NOT_FOUND"]);
+    assert_eq!(body["data"], Value::Null);
+
+    let (_, body) = app
+        .query(
+            r#"{ homeCard(mallId: "../etc/passwd") { mall { id } } }"#,
+            None,
+        )
+        .await;
+    assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
+    assert_eq!(
+        app.mall.requests(),
+        1,
+        "a malformed id never reaches an upstream"
+    );
+}
+
+#[tokio::test]
+async fn every_malls_stores_come_from_one_batch_call() {
+    let app = spawn_app().await;
+
+    let (_, body) = app.query("{ malls { id stores { id name } } }", None).await;
+
+    let malls = body["data"]["malls"].as_array().unwrap();
+    assert_eq!(malls.len(), 3);
+    for mall in malls {
+        assert_eq!(mall["stores"].as_array().unwrap().len(), 20);
+    }
+    assert_eq!(app.calls("mall", "stores.by_mall"), 1);
+}

@@ -1,0 +1,10 @@
+//! API tests: the real app on port 0, real HTTP demo upstreams.
+
+mod auth;
+mod cli;
+mod helpers;
+mod home_card;
+mod limits;
+mod playground;
+mod products;
+mod schema;

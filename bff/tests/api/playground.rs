@@ -1,0 +1,52 @@
+//! The playground in real headless Chromium (playwright-core driving
+//! Debian's chromium), against the real app.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::spawn_app;
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+/// Installs the web test dependencies from the lock file if missing.
+fn ensure_node_modules() {
+    let web = web_dir();
+    if web.join("node_modules/playwright-core").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&web)
+        .status()
+        .expect("npm is needed for the browser tests (install Node.js)");
+    assert!(status.success(), "npm ci failed in web/");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_playground_runs_the_example_home_card_query_in_a_real_browser() {
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "the browser test needs Chromium at {chromium} (apt-get install chromium, or set CHROMIUM_PATH)"
+    );
+    ensure_node_modules();
+    let app = spawn_app().await;
+
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "tests/playground.test.mjs"])
+        .current_dir(web_dir())
+        .env("BFF_URL", &app.url)
+        .env("CHROMIUM_PATH", &chromium)
+        .output()
+        .await
+        .expect("node runs");
+
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,44 @@
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_checked_in_schema_is_what_bff_schema_prints() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema.graphql");
+    let checked_in = std::fs::read_to_string(&file).expect("schema.graphql exists");
+    let output = Command::new(env!("CARGO_BIN_EXE_bff"))
+        .arg("schema")
+        .output()
+        .expect("bff runs");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        printed == checked_in,
+        "schema.graphql is stale: run `cargo run -p bff -- schema > schema.graphql`"
+    );
+}
+
+#[test]
+fn every_type_and_field_of_the_schema_is_described() {
+    let sdl = bff::graphql::sdl();
+    let doc = async_graphql::parser::parse_schema(&sdl).unwrap();
+    let mut missing = Vec::new();
+    for def in &doc.definitions {
+        if let async_graphql::parser::types::TypeSystemDefinition::Type(ty) = def {
+            let ty = &ty.node;
+            let name = ty.name.node.as_str();
+            if ty.description.is_none()
+                && !["String", "Int", "Boolean", "ID", "Float"].contains(&name)
+            {
+                missing.push(name.to_owned());
+            }
+            if let async_graphql::parser::types::TypeKind::Object(obj) = &ty.kind {
+                for field in &obj.fields {
+                    if field.node.description.is_none() {
+                        missing.push(format!("{name}.{}", field.node.name.node));
+                    }
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented: {missing:?}");
+}
