@@ -1,1 +1,626 @@
-fn main() {}
+//! Load benchmark of the home card.
+//!
+//! `cargo bench -p bff --bench homecard_load`
+//!
+//! In one run, for upstream latencies of 0 ms and 5 ms, it starts (as
+//! separate processes) the demo upstreams (`bff upstreams`), the BFF
+//! (`bff serve`) pointed at them, and a hand-written axum handler that makes
+//! the same upstream calls with `futures::join!` and returns the same JSON
+//! (the ceiling for this stack). It then drives each with the same load:
+//!
+//! * closed loop, `BENCH_CONNS` connections (default 32) for `BENCH_SECS`
+//!   seconds (default 8): max requests/s, p50/p99, server CPU, peak RSS;
+//! * at 5 ms: open loop at half of the max rate: p50/p99 at half load;
+//! * upstream calls per card, from the BFF's `/metrics`;
+//! * the DataLoader batching delay: 0 µs, 100 µs and 1 ms on the card and
+//!   on a query whose batching relies on the delay alone.
+//!
+//! Figures are written to stdout as Markdown; `bff/docs/benchmarks.md`
+//! records them.
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use bff::auth::Authenticator;
+use bff::config::{AuthSettings, CacheSettings, UpstreamsSettings};
+use bff::domain::{MallId, TenantId};
+use bff::metrics::Metrics;
+use bff::product::Product;
+use bff::upstream::{BaseUrls, Upstreams};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+const CARD: &str = r#"query Card($mallId: ID!) {
+  homeCard(mallId: $mallId) {
+    mall { id name openingHours { opens closes } }
+    member { id level points }
+    coupons { id kind }
+    flashSale { id name listPrice { amount } price { final { amount } } store { id name } }
+    recommended { id name price { list { amount } final { amount } savings { amount } applied { ruleId } } store { id name } }
+  }
+}"#;
+
+/// Three malls looked up by separate root fields: only the DataLoader's
+/// batching window can merge them into one call.
+const UNPRIMED: &str =
+    r#"{ a: mall(id: "mall-1") { id } b: mall(id: "mall-2") { id } c: mall(id: "mall-3") { id } }"#;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Proc {
+    Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("process starts"),
+    )
+}
+
+async fn wait_up(url: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(url).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+/// CPU seconds (user + system) used so far by a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum()
+    });
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Peak resident set size of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Stats {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    cpu_pct: f64,
+    cpu_us_per_req: f64,
+}
+
+struct Target {
+    url: String,
+    token: String,
+    body: Value,
+    pid: u32,
+}
+
+async fn send(http: &reqwest::Client, t: &Target) -> bool {
+    match http
+        .post(&t.url)
+        .bearer_auth(&t.token)
+        .json(&t.body)
+        .send()
+        .await
+    {
+        Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+            Ok(b) => !b.windows(9).any(|w| w == b"\"errors\":"),
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
+/// Closed loop: `conns` clients, each sending the next request when the
+/// last one is answered.
+async fn closed_loop(t: &Arc<Target>, conns: usize, secs: u64) -> Stats {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(conns)
+        .build()
+        .unwrap();
+    // Warm up connections and caches.
+    for _ in 0..conns {
+        send(&http, t).await;
+    }
+    let cpu0 = cpu_secs(t.pid);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (http, t) = (http.clone(), t.clone());
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).unwrap();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let s = Instant::now();
+                    if !send(&http, &t).await {
+                        errors += 1;
+                    }
+                    let _ = hist.record(s.elapsed().as_micros() as u64);
+                }
+                (hist, errors)
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await.unwrap();
+        hist.add(h).unwrap();
+        errors += e;
+    }
+    finish(hist, errors, started.elapsed(), cpu_secs(t.pid) - cpu0)
+}
+
+/// Open loop: requests start at a fixed rate whatever the answers do;
+/// latency counts from the scheduled start (no coordinated omission).
+async fn open_loop(t: &Arc<Target>, rate: f64, secs: u64) -> Stats {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let cpu0 = cpu_secs(t.pid);
+    let started = Instant::now();
+    let total = (rate * secs as f64) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..total {
+        let scheduled = started + interval * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (http, t, tx) = (http.clone(), t.clone(), tx.clone());
+        tokio::spawn(async move {
+            let ok = send(&http, &t).await;
+            let _ = tx.send((scheduled.elapsed(), ok));
+        });
+    }
+    drop(tx);
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let mut errors = 0;
+    while let Some((took, ok)) = rx.recv().await {
+        let _ = hist.record(took.as_micros() as u64);
+        errors += u64::from(!ok);
+    }
+    finish(hist, errors, started.elapsed(), cpu_secs(t.pid) - cpu0)
+}
+
+fn finish(hist: Histogram<u64>, errors: u64, wall: Duration, cpu: f64) -> Stats {
+    let n = hist.len().max(1);
+    Stats {
+        rps: n as f64 / wall.as_secs_f64(),
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+        cpu_pct: 100.0 * cpu / wall.as_secs_f64(),
+        cpu_us_per_req: cpu * 1e6 / n as f64,
+    }
+}
+
+fn row(name: &str, s: &Stats, rss: f64) -> String {
+    format!(
+        "| {name} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.0} | {:.1} | {} |",
+        s.rps, s.p50_ms, s.p99_ms, s.cpu_pct, s.cpu_us_per_req, rss, s.errors
+    )
+}
+
+/// Upstream calls the BFF made so far, per endpoint, from `/metrics`.
+async fn upstream_calls(bff: &str) -> Vec<(String, f64)> {
+    let text = reqwest::get(format!("{bff}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("bff_upstream_calls_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let endpoint = labels
+            .split("endpoint=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_owned();
+        let value: f64 = value.parse().unwrap_or(0.0);
+        match out.iter_mut().find(|(e, _)| *e == endpoint) {
+            Some((_, v)) => *v += value,
+            None => out.push((endpoint, value)),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn start_bff(upstreams: &str, delay_us: u64) -> (Proc, String) {
+    let port = free_port();
+    let proc = spawn(
+        Command::new(env!("CARGO_BIN_EXE_bff"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("BFF_LOG__FILTER", "warn")
+            .env("BFF_UPSTREAMS__MALL__BASE_URL", format!("{upstreams}/mall"))
+            .env(
+                "BFF_UPSTREAMS__MEMBER__BASE_URL",
+                format!("{upstreams}/member"),
+            )
+            .env(
+                "BFF_UPSTREAMS__PRODUCT__BASE_URL",
+                format!("{upstreams}/product"),
+            )
+            .env("BFF_GRAPHQL__DATALOADER_DELAY_US", delay_us.to_string()),
+    );
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--baseline") {
+        // Re-executed as the hand-written baseline server.
+        let listen = args[i + 1].clone();
+        let upstreams = args[i + 2].clone();
+        return tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(baseline::serve(listen, upstreams));
+    }
+    // `cargo bench` passes `--bench`; anything else is ignored.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+async fn run() {
+    let secs: u64 = env_or("BENCH_SECS", 8);
+    let conns: usize = env_or("BENCH_CONNS", 32);
+    let token = Authenticator::new(&AuthSettings::default())
+        .issue(
+            &TenantId::parse("demo").unwrap(),
+            "member-1",
+            bff::auth::Role::Member,
+            None,
+        )
+        .unwrap();
+    let card_body = json!({ "query": CARD, "variables": { "mallId": "mall-1" } });
+
+    println!("# Home card load benchmark\n");
+    println!(
+        "{conns} connections, {secs} s per run, {} cores.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    for latency in [0u64, 5] {
+        let up_port = free_port();
+        let upstreams = spawn(Command::new(env!("CARGO_BIN_EXE_bff")).args([
+            "upstreams",
+            "--listen",
+            &format!("127.0.0.1:{up_port}"),
+            "--latency-ms",
+            &latency.to_string(),
+        ]));
+        let up_url = format!("http://127.0.0.1:{up_port}");
+        wait_up(&format!("{up_url}/mall/healthz")).await;
+
+        let (bff, bff_url) = start_bff(&up_url, 0);
+        wait_up(&format!("{bff_url}/healthz")).await;
+        let base_port = free_port();
+        let base = spawn(Command::new(std::env::current_exe().unwrap()).args([
+            "--baseline",
+            &format!("127.0.0.1:{base_port}"),
+            &up_url,
+        ]));
+        let base_url = format!("http://127.0.0.1:{base_port}");
+        wait_up(&format!("{base_url}/healthz")).await;
+
+        let gql = Arc::new(Target {
+            url: format!("{bff_url}/graphql"),
+            token: token.clone(),
+            body: card_body.clone(),
+            pid: bff.pid(),
+        });
+        let hand = Arc::new(Target {
+            url: format!("{base_url}/graphql"),
+            token: token.clone(),
+            body: card_body.clone(),
+            pid: base.pid(),
+        });
+
+        // Same JSON from both, and the BFF's calls for one card.
+        let http = reqwest::Client::new();
+        let fetch = |t: Arc<Target>| {
+            let http = http.clone();
+            async move {
+                http.post(&t.url)
+                    .bearer_auth(&t.token)
+                    .json(&t.body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let before = upstream_calls(&bff_url).await;
+        let g = fetch(gql.clone()).await;
+        let after = upstream_calls(&bff_url).await;
+        let h = fetch(hand.clone()).await;
+        assert_eq!(g, h, "the baseline must return the same JSON as the BFF");
+
+        println!("## Upstream latency {latency} ms\n");
+        if latency == 0 {
+            println!("Upstream calls for one card (BFF):\n");
+            for (endpoint, n) in &after {
+                let was = before
+                    .iter()
+                    .find(|(e, _)| e == endpoint)
+                    .map_or(0.0, |(_, v)| *v);
+                if n - was > 0.0 {
+                    println!("* `{endpoint}`: {}", n - was);
+                }
+            }
+            println!();
+        }
+
+        println!(
+            "| target | req/s | p50 ms | p99 ms | server CPU | CPU µs/req | peak RSS MiB | errors |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let g_max = closed_loop(&gql, conns, secs).await;
+        let h_max = closed_loop(&hand, conns, secs).await;
+        println!("{}", row("GraphQL BFF, max", &g_max, peak_rss_mib(gql.pid)));
+        println!(
+            "{}",
+            row("hand-written, max", &h_max, peak_rss_mib(hand.pid))
+        );
+        let mut half = None;
+        if latency > 0 {
+            let g_half = open_loop(&gql, g_max.rps / 2.0, secs).await;
+            let h_half = open_loop(&hand, h_max.rps / 2.0, secs).await;
+            println!(
+                "{}",
+                row(
+                    &format!("GraphQL BFF, half load ({:.0}/s)", g_max.rps / 2.0),
+                    &g_half,
+                    peak_rss_mib(gql.pid)
+                )
+            );
+            println!(
+                "{}",
+                row(
+                    &format!("hand-written, half load ({:.0}/s)", h_max.rps / 2.0),
+                    &h_half,
+                    peak_rss_mib(hand.pid)
+                )
+            );
+            half = Some(g_half);
+        }
+        println!();
+        println!(
+            "GraphQL / hand-written throughput: **{:.0}%** (CPU per request: {:.2}×)",
+            100.0 * g_max.rps / h_max.rps,
+            g_max.cpu_us_per_req / h_max.cpu_us_per_req
+        );
+        if let Some(h) = half {
+            println!(
+                "GraphQL p99 at half load: **{:.2} ms** (target ≤ {} ms)",
+                h.p99_ms,
+                5 + latency
+            );
+        }
+        println!();
+        drop((bff, base, upstreams));
+    }
+
+    // The DataLoader's batching window.
+    let up_port = free_port();
+    let upstreams = spawn(Command::new(env!("CARGO_BIN_EXE_bff")).args([
+        "upstreams",
+        "--listen",
+        &format!("127.0.0.1:{up_port}"),
+    ]));
+    let up_url = format!("http://127.0.0.1:{up_port}");
+    wait_up(&format!("{up_url}/mall/healthz")).await;
+    println!("## DataLoader batching delay (upstream latency 0 ms)\n");
+    println!(
+        "| delay | card req/s | card p50 ms | card p99 ms | 3-mall query req/s | `malls.batch` calls per 3-mall query |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for delay_us in [0u64, 100, 1000] {
+        let (bff, bff_url) = start_bff(&up_url, delay_us);
+        wait_up(&format!("{bff_url}/healthz")).await;
+        let card = Arc::new(Target {
+            url: format!("{bff_url}/graphql"),
+            token: token.clone(),
+            body: card_body.clone(),
+            pid: bff.pid(),
+        });
+        let card_stats = closed_loop(&card, conns, secs / 2).await;
+        let unprimed = Arc::new(Target {
+            url: format!("{bff_url}/graphql"),
+            token: token.clone(),
+            body: json!({ "query": UNPRIMED }),
+            pid: bff.pid(),
+        });
+        let calls0 = upstream_calls(&bff_url).await;
+        let u = closed_loop(&unprimed, conns, secs / 2).await;
+        let calls1 = upstream_calls(&bff_url).await;
+        let batch = |c: &Vec<(String, f64)>| {
+            c.iter()
+                .find(|(e, _)| e == "malls.batch")
+                .map_or(0.0, |(_, v)| *v)
+        };
+        // `closed_loop` also sends one warm-up request per connection.
+        let requests = u.rps * (secs / 2) as f64 + conns as f64;
+        println!(
+            "| {} µs | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} |",
+            delay_us,
+            card_stats.rps,
+            card_stats.p50_ms,
+            card_stats.p99_ms,
+            u.rps,
+            (batch(&calls1) - batch(&calls0)) / requests
+        );
+        drop(bff);
+    }
+    drop(upstreams);
+}
+
+/// The hand-written ceiling: one axum handler, the same upstream clients,
+/// the same calls with `futures::join!`, the same JSON.
+mod baseline {
+    use super::*;
+
+    struct App {
+        upstreams: Upstreams,
+        auth: Authenticator,
+    }
+
+    pub async fn serve(listen: String, upstreams: String) {
+        let url = |p: &str| format!("{upstreams}/{p}").parse().unwrap();
+        let urls = BaseUrls {
+            mall: url("mall"),
+            member: url("member"),
+            product: url("product"),
+        };
+        let app = Arc::new(App {
+            upstreams: Upstreams::new(
+                &UpstreamsSettings::default(),
+                &CacheSettings::default(),
+                &urls,
+                Metrics::new(),
+            )
+            .unwrap(),
+            auth: Authenticator::new(&AuthSettings::default()),
+        });
+        let router = Router::new()
+            .route("/graphql", post(card))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .with_state(app);
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        axum::serve(listener, router).await.unwrap();
+    }
+
+    fn product_json(
+        p: &Product,
+        stores: &std::collections::HashMap<bff::domain::StoreId, bff::mall::Store>,
+        full_price: bool,
+    ) -> Value {
+        let store = stores
+            .get(&p.store_id)
+            .map(|s| json!({ "id": s.id.as_str(), "name": s.name }));
+        let price = if full_price {
+            json!({ "list": { "amount": p.list_price.minor() }, "final": { "amount": p.list_price.minor() }, "savings": { "amount": 0 }, "applied": [] })
+        } else {
+            json!({ "final": { "amount": p.list_price.minor() } })
+        };
+        if full_price {
+            json!({ "id": p.id.as_str(), "name": p.name, "price": price, "store": store })
+        } else {
+            json!({ "id": p.id.as_str(), "name": p.name, "listPrice": { "amount": p.list_price.minor() }, "price": price, "store": store })
+        }
+    }
+
+    async fn card(
+        State(app): State<Arc<App>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::Json<Value> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let principal = app.auth.verify(token).unwrap();
+        let request: Value = serde_json::from_slice(&body).unwrap();
+        let mall =
+            MallId::parse(request["variables"]["mallId"].as_str().unwrap_or_default()).unwrap();
+        let tenant = principal.tenant().clone();
+        let member = principal.member().unwrap().clone();
+        let u = &app.upstreams;
+
+        let (malls, members, coupons, (flash, listing, stores)) = futures::join!(
+            u.mall.malls_by_ids(&tenant, std::slice::from_ref(&mall)),
+            u.member
+                .members_by_ids(&tenant, std::slice::from_ref(&member)),
+            u.member.coupons(&tenant, &member),
+            async {
+                let (flash, listing) = futures::join!(
+                    u.product.flash_sales(&tenant, &mall),
+                    u.product.listing(&tenant, &mall, 10, None)
+                );
+                let flash = flash.unwrap().unwrap_or_default();
+                let listing: Vec<Product> = listing
+                    .unwrap()
+                    .map(|p| p.items.into_iter().map(|(_, p)| p).collect())
+                    .unwrap_or_default();
+                let mut ids: Vec<_> = flash
+                    .iter()
+                    .chain(&listing)
+                    .map(|p| p.store_id.clone())
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                let stores = u.mall.stores_by_ids(&tenant, &ids).await.unwrap();
+                (flash, listing, stores)
+            }
+        );
+        let m = malls.unwrap().remove(&mall).unwrap();
+        let me = members.unwrap().remove(&member);
+        let coupons = coupons.unwrap().unwrap_or_default();
+        axum::Json(json!({ "data": { "homeCard": {
+            "mall": { "id": m.id.as_str(), "name": m.name, "openingHours": { "opens": m.opens, "closes": m.closes } },
+            "member": me.map(|me| json!({ "id": me.id.as_str(), "level": me.level, "points": me.points })),
+            "coupons": coupons.iter().map(|c| json!({ "id": c.id.as_str(), "kind": match c.kind { bff::member::CouponKind::Cash => "CASH", bff::member::CouponKind::PercentOff => "PERCENT_OFF" } })).collect::<Vec<_>>(),
+            "flashSale": flash.iter().map(|p| product_json(p, &stores, false)).collect::<Vec<_>>(),
+            "recommended": listing.iter().map(|p| product_json(p, &stores, true)).collect::<Vec<_>>(),
+        } } }))
+    }
+}

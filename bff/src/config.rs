@@ -64,6 +64,8 @@ pub struct Settings {
     pub demo: DemoSettings,
     /// GraphQL endpoint limits and behaviour.
     pub graphql: GraphqlSettings,
+    /// In-process caching of upstream reference data.
+    pub cache: CacheSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -78,6 +80,7 @@ impl Default for Settings {
             upstreams: UpstreamsSettings::default(),
             demo: DemoSettings::default(),
             graphql: GraphqlSettings::default(),
+            cache: CacheSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -218,6 +221,10 @@ pub struct GraphqlSettings {
     /// How long a DataLoader waits for more keys before it sends a batch,
     /// in microseconds. See `bff/docs/benchmarks.md` for why this value.
     pub dataloader_delay_us: u64,
+    /// Bytes of query text whose parsed documents are kept for reuse
+    /// (client apps send the same few queries over and over); 0 turns the
+    /// cache off.
+    pub document_cache_bytes: u64,
 }
 
 impl Default for GraphqlSettings {
@@ -230,6 +237,30 @@ impl Default for GraphqlSettings {
             introspection: true,
             playground: true,
             dataloader_delay_us: 0,
+            document_cache_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// In-process cache of reference data (malls and stores): it changes
+/// rarely, and caching it takes the store lookup off the critical path of
+/// a card. Personal data (members, coupons) and prices are never cached
+/// here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How long a mall or store record is reused, in seconds; 0 turns the
+    /// cache off.
+    pub reference_ttl_secs: u64,
+    /// Most records kept (per kind).
+    pub max_entries: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            reference_ttl_secs: 60,
+            max_entries: 100_000,
         }
     }
 }

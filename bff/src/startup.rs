@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::demo::{DemoUpstreams, Service, ServiceControl};
 use crate::domain::TenantId;
-use crate::graphql::{BffSchema, build_schema};
+use crate::graphql::{BffSchema, DocumentCache, build_schema};
 use crate::metrics::Metrics;
 use crate::upstream::{BaseUrls, Upstreams};
 
@@ -31,6 +31,7 @@ struct Inner {
     upstreams: Arc<Upstreams>,
     authenticator: Authenticator,
     metrics: Metrics,
+    documents: DocumentCache,
 }
 
 impl AppState {
@@ -53,6 +54,10 @@ impl AppState {
     /// Token signing and verification.
     pub fn authenticator(&self) -> &Authenticator {
         &self.inner.authenticator
+    }
+    /// Parsed GraphQL documents for reuse.
+    pub fn documents(&self) -> &DocumentCache {
+        &self.inner.documents
     }
     /// This instance's metrics.
     pub fn metrics(&self) -> &Metrics {
@@ -104,13 +109,15 @@ impl Application {
             product: pick(&settings.upstreams.product.base_url, Service::Product)?,
         };
         let metrics = Metrics::new();
-        let upstreams = Upstreams::new(&settings.upstreams, &urls, metrics.clone())?;
+        let upstreams =
+            Upstreams::new(&settings.upstreams, &settings.cache, &urls, metrics.clone())?;
         let state = AppState {
             inner: Arc::new(Inner {
                 schema: build_schema(&settings.graphql),
                 upstreams: Arc::new(upstreams),
                 authenticator: Authenticator::new(&settings.auth),
                 metrics,
+                documents: DocumentCache::new(settings.graphql.document_cache_bytes),
                 settings,
             }),
         };

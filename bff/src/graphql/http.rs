@@ -89,7 +89,7 @@ pub async fn graphql(
         Ok(principal) => principal,
         Err(resp) => return *resp,
     };
-    let request = match method {
+    let mut request = match method {
         Method::GET => {
             match async_graphql::http::parse_query_string(query.as_deref().unwrap_or_default()) {
                 Ok(req) => req,
@@ -127,6 +127,7 @@ pub async fn graphql(
         }
     };
 
+    app.documents().prepare(&mut request);
     let loaders = Loaders::new(app.upstreams(), &principal, app.dataloader_delay());
     let ctx = RequestContext {
         principal,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Context, EmptyMutation, EmptySubscription, MergedObject, Schema};
 
 use crate::auth::Principal;
@@ -31,6 +32,41 @@ pub struct Query(MallQuery, MemberQuery, ProductQuery, HomeQuery);
 
 /// The BFF's GraphQL schema.
 pub type BffSchema = Schema<Query, EmptyMutation, EmptySubscription>;
+
+/// Parsed documents by query text. Parsing is a large share of a small
+/// query's CPU; validation still runs on every request.
+#[derive(Clone)]
+pub struct DocumentCache {
+    cache: Option<moka::sync::Cache<Arc<str>, Arc<ExecutableDocument>>>,
+}
+
+impl DocumentCache {
+    /// A cache holding up to `bytes` of query text (0: no cache).
+    pub fn new(bytes: u64) -> Self {
+        let cache = (bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|query: &Arc<str>, _doc| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .build()
+        });
+        Self { cache }
+    }
+
+    /// Gives `request` its parsed document from the cache, or parses it
+    /// and caches the result. Parse errors are left for the executor to
+    /// report (with their code); they are never cached.
+    pub fn prepare(&self, request: &mut async_graphql::Request) {
+        let Some(cache) = &self.cache else { return };
+        if let Some(doc) = cache.get(request.query.as_str()) {
+            request.set_parsed_query((*doc).clone());
+            return;
+        }
+        if let Ok(doc) = request.parsed_query() {
+            let doc = Arc::new(doc.clone());
+            cache.insert(Arc::from(request.query.as_str()), doc);
+        }
+    }
+}
 
 /// Builds the schema with the configured limits.
 pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {

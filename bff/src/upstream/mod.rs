@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::config::{UpstreamSettings, UpstreamsSettings};
+use crate::config::{CacheSettings, UpstreamSettings, UpstreamsSettings};
 use crate::metrics::Metrics;
 
 pub use mall::MallClient;
@@ -254,6 +254,7 @@ impl Upstreams {
     /// Builds the clients over one shared connection pool.
     pub fn new(
         settings: &UpstreamsSettings,
+        cache: &CacheSettings,
         urls: &BaseUrls,
         metrics: Metrics,
     ) -> Result<Self, reqwest::Error> {
@@ -265,13 +266,16 @@ impl Upstreams {
             .user_agent(concat!("mall-bff/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
-            mall: MallClient::new(Endpoint::new(
-                "mall",
-                &urls.mall,
-                &settings.mall,
-                http.clone(),
-                metrics.clone(),
-            )),
+            mall: MallClient::new(
+                Endpoint::new(
+                    "mall",
+                    &urls.mall,
+                    &settings.mall,
+                    http.clone(),
+                    metrics.clone(),
+                ),
+                cache,
+            ),
             member: MemberClient::new(Endpoint::new(
                 "member",
                 &urls.member,

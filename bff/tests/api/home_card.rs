@@ -205,3 +205,42 @@ async fn every_malls_stores_come_from_one_batch_call() {
     }
     assert_eq!(app.calls("mall", "stores.by_mall"), 1);
 }
+
+#[tokio::test]
+async fn a_second_card_reuses_cached_malls_and_stores_but_fetches_personal_data_again() {
+    let app = spawn_app().await;
+    let token = app.token("member-1");
+
+    let (_, first) = app.query(CARD, Some(&token)).await;
+    let (_, second) = app.query(CARD, Some(&token)).await;
+
+    assert_eq!(first, second);
+    assert_eq!(app.calls("mall", "malls.batch"), 1);
+    assert_eq!(app.calls("mall", "stores.batch"), 1);
+    assert_eq!(app.calls("member", "members.batch"), 2);
+    assert_eq!(app.calls("member", "coupons.list"), 2);
+    assert_eq!(app.calls("product", "products.listing"), 2);
+}
+
+#[tokio::test]
+async fn with_the_reference_cache_off_every_card_asks_the_mall_service() {
+    let app = spawn_app_with(|s| s.cache.reference_ttl_secs = 0).await;
+
+    app.query(CARD, None).await;
+    app.query(CARD, None).await;
+
+    assert_eq!(app.calls("mall", "malls.batch"), 2);
+    assert_eq!(app.calls("mall", "stores.batch"), 2);
+}
+
+#[tokio::test]
+async fn cached_stores_keep_the_card_whole_while_the_mall_service_is_down() {
+    let app = spawn_app().await;
+    app.query(CARD, None).await;
+    app.mall.set_faults(down());
+
+    let (_, body) = app.query(CARD, None).await;
+
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    assert!(body["data"]["homeCard"]["recommended"][0]["store"]["id"].is_string());
+}
