@@ -36,6 +36,11 @@ use bff::upstream::{BaseUrls, Upstreams};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+// The same allocator as the `bff` binary, so the baseline stays a fair
+// ceiling.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CARD: &str = r#"query Card($mallId: ID!) {
   homeCard(mallId: $mallId) {
     mall { id name openingHours { opens closes } }
@@ -279,7 +284,7 @@ async fn upstream_calls(bff: &str) -> Vec<(String, f64)> {
     out
 }
 
-fn start_bff(upstreams: &str, delay_us: u64) -> (Proc, String) {
+fn start_bff(upstreams: &str, delay_us: u64, cache: bool) -> (Proc, String) {
     let port = free_port();
     let proc = spawn(
         Command::new(env!("CARGO_BIN_EXE_bff"))
@@ -294,7 +299,11 @@ fn start_bff(upstreams: &str, delay_us: u64) -> (Proc, String) {
                 "BFF_UPSTREAMS__PRODUCT__BASE_URL",
                 format!("{upstreams}/product"),
             )
-            .env("BFF_GRAPHQL__DATALOADER_DELAY_US", delay_us.to_string()),
+            .env("BFF_GRAPHQL__DATALOADER_DELAY_US", delay_us.to_string())
+            .env(
+                "BFF_CACHE__REFERENCE_TTL_SECS",
+                if cache { "60" } else { "0" },
+            ),
     );
     (proc, format!("http://127.0.0.1:{port}"))
 }
@@ -348,7 +357,7 @@ async fn run() {
         let up_url = format!("http://127.0.0.1:{up_port}");
         wait_up(&format!("{up_url}/mall/healthz")).await;
 
-        let (bff, bff_url) = start_bff(&up_url, 0);
+        let (bff, bff_url) = start_bff(&up_url, 0, true);
         wait_up(&format!("{bff_url}/healthz")).await;
         let base_port = free_port();
         let base = spawn(Command::new(std::env::current_exe().unwrap()).args([
@@ -468,13 +477,14 @@ async fn run() {
     ]));
     let up_url = format!("http://127.0.0.1:{up_port}");
     wait_up(&format!("{up_url}/mall/healthz")).await;
-    println!("## DataLoader batching delay (upstream latency 0 ms)\n");
+    println!("## DataLoader batching delay (upstream latency 0 ms, reference cache off)\n");
     println!(
         "| delay | card req/s | card p50 ms | card p99 ms | 3-mall query req/s | `malls.batch` calls per 3-mall query |"
     );
     println!("|---|---|---|---|---|---|");
     for delay_us in [0u64, 100, 1000] {
-        let (bff, bff_url) = start_bff(&up_url, delay_us);
+        // Reference cache off: the 3-mall query must reach the loader.
+        let (bff, bff_url) = start_bff(&up_url, delay_us, false);
         wait_up(&format!("{bff_url}/healthz")).await;
         let card = Arc::new(Target {
             url: format!("{bff_url}/graphql"),

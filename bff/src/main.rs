@@ -13,6 +13,12 @@ use bff::config::{Environment, FaultSettings, Settings};
 use bff::domain::{MemberId, TenantId};
 use bff::startup::Application;
 
+// A general-purpose allocator tuned for many small, short-lived
+// allocations: a GraphQL response is built from thousands of them, and
+// the system allocator showed up as a fifth of the server's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// GraphQL backend-for-frontend for shopping-mall marketing apps.
 #[derive(Parser)]
 #[command(name = "bff", version, about)]

@@ -117,7 +117,10 @@ impl Application {
                 upstreams: Arc::new(upstreams),
                 authenticator: Authenticator::new(&settings.auth),
                 metrics,
-                documents: DocumentCache::new(settings.graphql.document_cache_bytes),
+                documents: DocumentCache::new(
+                    settings.graphql.document_cache_bytes,
+                    settings.graphql.max_aliases,
+                ),
                 settings,
             }),
         };

@@ -127,7 +127,10 @@ pub async fn graphql(
         }
     };
 
-    app.documents().prepare(&mut request);
+    if let Err(err) = app.documents().prepare(&mut request) {
+        app.metrics().graphql_request(false);
+        return axum::Json(async_graphql::Response::from_errors(vec![err])).into_response();
+    }
     let loaders = Loaders::new(app.upstreams(), &principal, app.dataloader_delay());
     let ctx = RequestContext {
         principal,

@@ -1,39 +1,21 @@
-//! Hostile-query defences and stable error codes for the stages before
-//! execution.
+//! Hostile-query defences and stable error codes.
 //!
-//! Depth and complexity are checked by async-graphql's validation (limits
-//! set in [`super::build_schema`]); this extension adds an alias limit and
-//! gives every parse / validation / limit error a stable
-//! `extensions.code`. [`ensure_codes`] gives any error still lacking a
-//! code one, so that clients can always switch on `extensions.code`.
+//! Every document is parsed once, by [`super::DocumentCache::prepare`],
+//! before execution: parse failures, the parser's recursion guard and the
+//! alias limit are answered there with their codes. Depth and complexity
+//! are checked by async-graphql's validation (limits set in
+//! [`super::build_schema`]); [`ensure_codes`] gives those errors, and any
+//! other error still lacking a code, a stable `extensions.code`, so clients
+//! can always switch on it.
+//!
+//! No async-graphql extension is used for this on purpose: registering any
+//! extension routes every field resolution through the extension chain,
+//! which measurably costs throughput (see `bff/docs/benchmarks.md`).
 
-use std::sync::Arc;
-
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
-};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
+use async_graphql::{Response, ServerError};
 
 use crate::error::code;
-
-/// The limits extension.
-pub struct Limits {
-    /// Most aliased fields in one document.
-    pub max_aliases: usize,
-}
-
-impl ExtensionFactory for Limits {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(LimitsExtension {
-            max_aliases: self.max_aliases,
-        })
-    }
-}
-
-struct LimitsExtension {
-    max_aliases: usize,
-}
 
 fn with_code(mut err: ServerError, code: &'static str) -> ServerError {
     let ext = err.extensions.get_or_insert_with(Default::default);
@@ -74,87 +56,68 @@ fn count_aliases(doc: &ExecutableDocument) -> usize {
     operations + fragments
 }
 
-#[async_trait::async_trait]
-impl Extension for LimitsExtension {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await.map_err(|err| {
-            // The parser's own recursion guard fires before validation for
-            // very deep documents: report it as the depth limit it is.
-            if err.message.contains("recursion") {
-                with_code(err, code::QUERY_TOO_DEEP)
-            } else {
-                with_code(err, code::GRAPHQL_PARSE_FAILED)
-            }
-        })?;
-        let aliases = count_aliases(&doc);
-        if aliases > self.max_aliases {
-            return Err(with_code(
-                ServerError::new(
-                    format!(
-                        "the query uses {aliases} aliases; at most {} are allowed",
-                        self.max_aliases
-                    ),
-                    None,
-                ),
-                code::TOO_MANY_ALIASES,
-            ));
+/// Parses a query and applies the document-level limits.
+pub fn parse(query: &str, max_aliases: usize) -> Result<ExecutableDocument, ServerError> {
+    let doc = async_graphql::parser::parse_query(query).map_err(|err| {
+        let err = ServerError::from(err);
+        // The parser's own recursion guard fires for very deep documents:
+        // report it as the depth limit it is.
+        if err.message.contains("recursion") {
+            with_code(err, code::QUERY_TOO_DEEP)
+        } else {
+            with_code(err, code::GRAPHQL_PARSE_FAILED)
         }
-        Ok(doc)
+    })?;
+    let aliases = count_aliases(&doc);
+    if aliases > max_aliases {
+        return Err(with_code(
+            ServerError::new(
+                format!("the query uses {aliases} aliases; at most {max_aliases} are allowed"),
+                None,
+            ),
+            code::TOO_MANY_ALIASES,
+        ));
     }
-
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|err| {
-                    let code = if err.message.contains("nested too deep") {
-                        code::QUERY_TOO_DEEP
-                    } else if err.message.contains("too complex") {
-                        code::QUERY_TOO_COMPLEX
-                    } else if err.message.starts_with("Invalid value for argument") {
-                        // A variable of the wrong shape: input, not schema misuse.
-                        code::BAD_USER_INPUT
-                    } else {
-                        code::GRAPHQL_VALIDATION_FAILED
-                    };
-                    with_code(err, code)
-                })
-                .collect()
-        })
-    }
+    Ok(doc)
 }
 
-/// Gives every error still lacking a code one. Our resolvers always set a
-/// code, so an uncoded error comes from async-graphql itself: without a
-/// path it is about the request (unknown or missing operation name), and
-/// with one it is argument / variable coercion — both the client's doing
-/// (`BAD_USER_INPUT`). Anything else is hidden behind
-/// `INTERNAL_SERVER_ERROR` and logged.
+/// Gives every error still lacking a code one.
+///
+/// Our resolvers always set a code, so an uncoded error comes from
+/// async-graphql itself: a validation failure (depth, complexity, unknown
+/// fields), or, without a path, a request-level problem (unknown or missing
+/// operation name), or argument / variable coercion — all the client's
+/// doing. Anything else is hidden behind `INTERNAL_SERVER_ERROR` and logged.
 pub fn ensure_codes(response: &mut Response) {
     for err in &mut response.errors {
         if has_code(err) {
             continue;
         }
+        let message = err.message.as_str();
         let coercion = ["Invalid value for argument", "Failed to parse", "Variable "]
             .iter()
-            .any(|prefix| err.message.starts_with(prefix));
-        if err.path.is_empty() || coercion {
-            *err = with_code(err.clone(), code::BAD_USER_INPUT);
+            .any(|prefix| message.starts_with(prefix));
+        let code = if message.contains("nested too deep")
+            || message.contains("recursion depth of the query")
+        {
+            code::QUERY_TOO_DEEP
+        } else if message.contains("too complex") {
+            code::QUERY_TOO_COMPLEX
+        } else if coercion {
+            code::BAD_USER_INPUT
+        } else if err.path.is_empty() && err.locations.is_empty() {
+            // Request-level: operation name missing or unknown.
+            code::BAD_USER_INPUT
+        } else if err.path.is_empty() {
+            // Points into the document but not at a resolved field: the
+            // document does not fit the schema.
+            code::GRAPHQL_VALIDATION_FAILED
         } else {
-            tracing::error!(message = %err.message, path = ?err.path, "uncoded error hidden from client");
+            tracing::error!(message, path = ?err.path, "uncoded error hidden from client");
             err.message = "internal error".to_owned();
-            *err = with_code(err.clone(), code::INTERNAL_SERVER_ERROR);
-        }
+            code::INTERNAL_SERVER_ERROR
+        };
+        *err = with_code(err.clone(), code);
     }
 }
 
@@ -169,5 +132,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(count_aliases(&doc), 4);
+    }
+
+    #[test]
+    fn parse_failures_and_alias_floods_carry_codes() {
+        let code_of = |q: &str, max| {
+            parse(q, max)
+                .unwrap_err()
+                .extensions
+                .unwrap()
+                .get("code")
+                .cloned()
+        };
+        assert_eq!(
+            code_of("{ malls {", 30),
+            Some(code::GRAPHQL_PARSE_FAILED.into())
+        );
+        assert_eq!(
+            code_of("{ a: malls { id } b: malls { id } }", 1),
+            Some(code::TOO_MANY_ALIASES.into())
+        );
+        assert!(parse("{ a: malls { id } }", 1).is_ok());
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{Context, EmptyMutation, EmptySubscription, MergedObject, Schema};
+use async_graphql::{Context, EmptyMutation, EmptySubscription, MergedObject, Schema, ServerError};
 
 use crate::auth::Principal;
 use crate::config::GraphqlSettings;
@@ -33,38 +33,46 @@ pub struct Query(MallQuery, MemberQuery, ProductQuery, HomeQuery);
 /// The BFF's GraphQL schema.
 pub type BffSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
-/// Parsed documents by query text. Parsing is a large share of a small
-/// query's CPU; validation still runs on every request.
+/// Parsed documents by query text. Client apps send the same few queries
+/// over and over, and parsing is a large share of a small query's CPU.
+/// Only documents that passed the document-level limits are kept, so a hit
+/// needs no re-check; validation still runs on every request.
 #[derive(Clone)]
 pub struct DocumentCache {
     cache: Option<moka::sync::Cache<Arc<str>, Arc<ExecutableDocument>>>,
+    max_aliases: usize,
 }
 
 impl DocumentCache {
-    /// A cache holding up to `bytes` of query text (0: no cache).
-    pub fn new(bytes: u64) -> Self {
+    /// A cache holding up to `bytes` of query text (0: parse every time).
+    pub fn new(bytes: u64, max_aliases: usize) -> Self {
         let cache = (bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|query: &Arc<str>, _doc| u32::try_from(query.len()).unwrap_or(u32::MAX))
                 .build()
         });
-        Self { cache }
+        Self { cache, max_aliases }
     }
 
-    /// Gives `request` its parsed document from the cache, or parses it
-    /// and caches the result. Parse errors are left for the executor to
-    /// report (with their code); they are never cached.
-    pub fn prepare(&self, request: &mut async_graphql::Request) {
-        let Some(cache) = &self.cache else { return };
-        if let Some(doc) = cache.get(request.query.as_str()) {
+    /// Gives `request` its parsed document (cached, or parsed and checked
+    /// now). A document that does not parse or breaks a limit is refused
+    /// with a coded error and never cached.
+    pub fn prepare(&self, request: &mut async_graphql::Request) -> Result<(), ServerError> {
+        if let Some(doc) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(request.query.as_str()))
+        {
             request.set_parsed_query((*doc).clone());
-            return;
+            return Ok(());
         }
-        if let Ok(doc) = request.parsed_query() {
-            let doc = Arc::new(doc.clone());
-            cache.insert(Arc::from(request.query.as_str()), doc);
+        let doc = limits::parse(&request.query, self.max_aliases)?;
+        if let Some(cache) = &self.cache {
+            cache.insert(Arc::from(request.query.as_str()), Arc::new(doc.clone()));
         }
+        request.set_parsed_query(doc);
+        Ok(())
     }
 }
 
@@ -72,10 +80,7 @@ impl DocumentCache {
 pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
     let mut builder = Schema::build(Query::default(), EmptyMutation, EmptySubscription)
         .limit_depth(settings.max_depth)
-        .limit_complexity(settings.max_complexity)
-        .extension(limits::Limits {
-            max_aliases: settings.max_aliases,
-        });
+        .limit_complexity(settings.max_complexity);
     if !settings.introspection {
         builder = builder.disable_introspection();
     }
