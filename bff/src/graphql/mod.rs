@@ -19,12 +19,13 @@ use crate::auth::Principal;
 use crate::config::GraphqlSettings;
 use async_graphql::ErrorExtensions;
 
+use crate::domain::{MallId, MemberId, StoreId};
 use crate::error::code;
 use crate::home::HomeQuery;
-use crate::mall::{MallLoader, MallQuery, StoreLoader, StoresByMallLoader};
-use crate::member::{CouponsLoader, MemberLoader, MemberQuery};
+use crate::mall::{Mall, MallLoader, MallQuery, StoreLoader, StoresByMallLoader};
+use crate::member::{Coupon, CouponsLoader, Member, MemberLoader, MemberQuery};
 use crate::product::{Product, ProductLoader, ProductQuery};
-use crate::upstream::{MAX_BATCH, Upstreams};
+use crate::upstream::{MAX_BATCH, UpstreamError, Upstreams};
 
 /// The root query: each capability contributes its own fields.
 #[derive(MergedObject, Default)]
@@ -141,8 +142,8 @@ impl Loaders {
     }
 
     /// Feeds products fetched by a list call into the product cache and,
-    /// when the client selected their stores, loads all those stores in
-    /// one batch now, so per-item `store` lookups hit the cache instead of
+    /// when the client selected their stores, fetches all those stores in
+    /// one call now, so per-item `store` lookups hit the cache instead of
     /// depending on batching timing. A failure here is not reported: the
     /// per-item lookups retry (in one batch) and report it on their fields.
     pub async fn prime(&self, products: &[&Product], with_stores: bool) {
@@ -150,11 +151,59 @@ impl Loaders {
             .feed_many(products.iter().map(|p| (p.id.clone(), (*p).clone())))
             .await;
         if with_stores {
-            let _ = self
-                .stores
-                .load_many(products.iter().map(|p| p.store_id.clone()))
-                .await;
+            let mut ids: Vec<StoreId> = products.iter().map(|p| p.store_id.clone()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let loader = self.stores.loader();
+            if let Ok(stores) = loader.client.stores_by_ids(&loader.tenant, &ids).await {
+                self.stores.feed_many(stores).await;
+            }
         }
+    }
+
+    // The `*_now` lookups below fetch one known key directly and feed the
+    // request's loader cache. They exist because a DataLoader batch always
+    // waits on a tokio timer first, even with a zero delay, and tokio
+    // rounds timer deadlines up to the next millisecond: on a card's
+    // critical path, where the keys are known up front, that is up to 1 ms
+    // of pure waiting per lookup (see `bff/docs/benchmarks.md`).
+
+    /// A mall, now (cached per request for later lookups).
+    pub async fn mall_now(&self, id: &MallId) -> Result<Option<Mall>, UpstreamError> {
+        let loader = self.malls.loader();
+        let mall = loader
+            .client
+            .malls_by_ids(&loader.tenant, std::slice::from_ref(id))
+            .await?
+            .remove(id);
+        if let Some(mall) = &mall {
+            self.malls.feed_one(id.clone(), mall.clone()).await;
+        }
+        Ok(mall)
+    }
+
+    /// A member, now (cached per request for later lookups).
+    pub async fn member_now(&self, id: &MemberId) -> Result<Option<Member>, UpstreamError> {
+        let loader = self.members.loader();
+        let member = loader
+            .client
+            .members_by_ids(&loader.tenant, std::slice::from_ref(id))
+            .await?
+            .remove(id);
+        if let Some(member) = &member {
+            self.members.feed_one(id.clone(), member.clone()).await;
+        }
+        Ok(member)
+    }
+
+    /// A member's coupons, now (cached per request for later lookups).
+    pub async fn coupons_now(&self, id: &MemberId) -> Result<Option<Vec<Coupon>>, UpstreamError> {
+        let loader = self.coupons.loader();
+        let coupons = loader.client.coupons(&loader.tenant, id).await?;
+        if let Some(coupons) = &coupons {
+            self.coupons.feed_one(id.clone(), coupons.clone()).await;
+        }
+        Ok(coupons)
     }
 }
 

@@ -79,7 +79,7 @@ pub struct HomeQuery;
 impl HomeQuery {
     /// A whole home screen for a mall in one round trip: the mall, the
     /// asking member, flash sales, recommendations and coupons.
-    #[tracing::instrument(name = "home_card", skip_all, fields(mall_id = %mall_id.0))]
+    #[tracing::instrument(name = "home_card", level = "debug", skip_all, fields(mall_id = %mall_id.0))]
     async fn home_card(&self, ctx: &Context<'_>, mall_id: ID) -> Result<HomeCard> {
         let mall_id = MallId::parse(mall_id.0).map_err(ApiError::from)?;
         let req = request(ctx)?;
@@ -96,15 +96,18 @@ impl HomeQuery {
         let wants_stores = look.field("flashSale").field("store").exists()
             || look.field("recommended").field("store").exists();
 
-        let mall = loaders.malls.load_one(mall_id.clone());
+        // Every key here is known up front: fetch directly rather than
+        // through a batching window (see `Loaders::mall_now`).
+        let mall = loaders.mall_now(&mall_id);
         let member: OptionFuture<_> = member_id
-            .clone()
+            .as_ref()
             .filter(|_| wants_member)
-            .map(|id| loaders.members.load_one(id))
+            .map(|id| loaders.member_now(id))
             .into();
         let coupons: OptionFuture<_> = member_id
+            .as_ref()
             .filter(|_| wants_coupons)
-            .map(|id| loaders.coupons.load_one(id))
+            .map(|id| loaders.coupons_now(id))
             .into();
         let products = async {
             let flash: OptionFuture<_> = wants_flash

@@ -113,6 +113,7 @@ impl Endpoint {
     /// `Ok(None)` means the upstream answered 404.
     #[tracing::instrument(
         name = "upstream",
+        level = "debug",
         skip(self, query),
         fields(upstream = self.name, endpoint = endpoint, status)
     )]
