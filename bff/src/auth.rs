@@ -158,7 +158,7 @@ impl Authenticator {
             tenant: tenant.clone(),
             role,
             iat,
-            exp: iat + ttl.unwrap_or(self.ttl).as_secs(),
+            exp: iat.saturating_add(ttl.unwrap_or(self.ttl).as_secs()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))

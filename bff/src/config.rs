@@ -308,6 +308,14 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Whether `/dev/token` may mint tokens: only in development, and only
+    /// while the key is the public development key (such tokens prove
+    /// nothing, so handing them out exposes nothing).
+    pub fn dev_tokens_allowed(&self) -> bool {
+        self.environment == Environment::Development
+            && self.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET
+    }
+
     /// Rejects combinations that cannot work.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.environment == Environment::Production {
@@ -335,6 +343,11 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.demo.faults.error_rate) {
             return Err(ConfigError::Inconsistent(
                 "demo.faults.error_rate must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if self.auth.token_ttl_secs > 366 * 24 * 3600 {
+            return Err(ConfigError::Inconsistent(
+                "auth.token_ttl_secs must be at most a year".into(),
             ));
         }
         if self.demo.size == 0 {

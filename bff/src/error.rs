@@ -74,7 +74,6 @@ impl ApiError {
             ApiError::Forbidden(_) => code::FORBIDDEN,
             ApiError::BadInput(_) => code::BAD_USER_INPUT,
             ApiError::NotFound { .. } => code::NOT_FOUND,
-            ApiError::Upstream(UpstreamError::Rejected(_)) => code::BAD_USER_INPUT,
             ApiError::Upstream(_) => code::UPSTREAM_UNAVAILABLE,
         }
     }

@@ -45,19 +45,22 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
-        /// Fixed latency added to every response, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        /// Extra random latency, 0..=N milliseconds.
-        #[arg(long, default_value_t = 0)]
-        jitter_ms: u64,
-        /// Share of requests answered with 503 (0.0..=1.0).
-        #[arg(long, default_value_t = 0.0)]
-        error_rate: f64,
+        /// Fixed latency added to every response, in milliseconds
+        /// (default: `demo.faults.latency_ms`).
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// Extra random latency, 0..=N milliseconds (default:
+        /// `demo.faults.jitter_ms`).
+        #[arg(long)]
+        jitter_ms: Option<u64>,
+        /// Share of requests answered with 503, 0.0..=1.0 (default:
+        /// `demo.faults.error_rate`).
+        #[arg(long)]
+        error_rate: Option<f64>,
         /// Answer every request with 503.
         #[arg(long)]
         down: bool,
-        /// TOML config file (for `demo.seed` and `demo.size`).
+        /// TOML config file (`demo.seed`, `demo.size`, `demo.faults`).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -123,16 +126,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
         } => {
             let settings = Settings::load(config.as_deref())?;
-            if !(0.0..=1.0).contains(&error_rate) {
+            let configured = settings.demo.faults;
+            let faults = FaultSettings {
+                latency_ms: latency_ms.unwrap_or(configured.latency_ms),
+                jitter_ms: jitter_ms.unwrap_or(configured.jitter_ms),
+                error_rate: error_rate.unwrap_or(configured.error_rate),
+                down: down || configured.down,
+            };
+            if !(0.0..=1.0).contains(&faults.error_rate) {
                 anyhow::bail!("--error-rate must be between 0.0 and 1.0");
             }
             bff::telemetry::init(&settings.log);
-            let faults = FaultSettings {
-                latency_ms,
-                jitter_ms,
-                error_rate,
-                down,
-            };
             runtime()?.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(%listen, "demo upstreams at /mall, /member, /product");

@@ -120,6 +120,7 @@ impl Application {
                 documents: DocumentCache::new(
                     settings.graphql.document_cache_bytes,
                     settings.graphql.max_aliases,
+                    settings.graphql.max_depth,
                 ),
                 settings,
             }),

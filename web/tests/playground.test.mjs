@@ -1,17 +1,17 @@
 // Browser test of the playground, in real headless Chromium.
-// Needs BFF_URL (a running BFF); the Rust test `playground_browser`
-// starts one and runs this file.
+// Needs PLAYGROUND_URL (a running BFF); the Rust API test
+// `playground::the_playground_runs_...` starts one and runs this file.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const BFF_URL = process.env.BFF_URL;
+const BFF_URL = process.env.PLAYGROUND_URL;
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
 test('the playground runs the example home-card query with the demo token', async () => {
-  assert.ok(BFF_URL, 'BFF_URL must point at a running BFF');
+  assert.ok(BFF_URL, 'PLAYGROUND_URL must point at a running BFF');
   const origin = new URL(BFF_URL).origin;
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -30,7 +30,15 @@ test('the playground runs the example home-card query with the demo token', asyn
     });
     page.on('pageerror', (err) => pageErrors.push(String(err)));
 
+    // GraphiQL loads the schema by introspection: it must succeed, or the
+    // docs explorer and autocompletion are empty.
+    const introspected = page.waitForResponse(
+      (resp) => resp.url().endsWith('/graphql') && (resp.request().postData() || '').includes('__schema'),
+    );
     await page.goto(`${BFF_URL}/playground/`);
+    const schema = await (await introspected).json();
+    assert.equal(schema.errors, undefined, JSON.stringify(schema.errors));
+    assert.ok(schema.data.__schema.types.some((t) => t.name === 'HomeCard'));
     await page.waitForSelector('.graphiql-execute-button', { timeout: 20_000 });
 
     await page.click('#use-demo-token');

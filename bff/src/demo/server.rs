@@ -126,7 +126,7 @@ async fn inject_faults(State(state): State<AppState>, req: Request, next: Next) 
             0
         };
         let fail = faults.down || (faults.error_rate > 0.0 && rng.random_bool(faults.error_rate));
-        (faults.latency_ms + jitter, fail)
+        (faults.latency_ms.saturating_add(jitter), fail)
     };
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

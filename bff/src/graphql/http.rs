@@ -18,13 +18,8 @@ use serde_json::json;
 use super::limits::ensure_codes;
 use super::{Loaders, RequestContext};
 use crate::auth::Principal;
-use crate::domain::TenantId;
 use crate::error::code;
 use crate::startup::AppState;
-
-/// Header naming the tenant of an anonymous request (optional; the default
-/// tenant otherwise). Ignored when a token is presented: the token decides.
-pub const TENANT_HEADER: &str = "x-tenant-id";
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
@@ -34,21 +29,10 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 /// Works out who is asking from the `Authorization` header.
 pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, Box<Response>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        let tenant = match headers.get(TENANT_HEADER) {
-            None => app.default_tenant().clone(),
-            Some(raw) => raw
-                .to_str()
-                .ok()
-                .and_then(|raw| TenantId::parse(raw).ok())
-                .ok_or_else(|| {
-                    Box::new(error_response(
-                        StatusCode::BAD_REQUEST,
-                        code::BAD_USER_INPUT,
-                        "x-tenant-id is not a valid tenant id",
-                    ))
-                })?,
-        };
-        return Ok(Principal::Anonymous { tenant });
+        // Anonymous: the public data of the default tenant, nothing else.
+        return Ok(Principal::Anonymous {
+            tenant: app.default_tenant().clone(),
+        });
     };
     let unauthenticated = |reason: &str| {
         let mut resp = error_response(
@@ -106,12 +90,19 @@ pub async fn graphql(
             let body = match body {
                 Ok(body) => body,
                 Err(rejection) => {
-                    let (status, code) = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        (StatusCode::PAYLOAD_TOO_LARGE, code::PAYLOAD_TOO_LARGE)
+                    return if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        error_response(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            code::PAYLOAD_TOO_LARGE,
+                            "the request body is larger than allowed",
+                        )
                     } else {
-                        (StatusCode::BAD_REQUEST, code::BAD_REQUEST)
+                        error_response(
+                            StatusCode::BAD_REQUEST,
+                            code::BAD_REQUEST,
+                            "the request body could not be read",
+                        )
                     };
-                    return error_response(status, code, &rejection.body_text());
                 }
             };
             match serde_json::from_slice::<async_graphql::Request>(&body) {
@@ -131,7 +122,7 @@ pub async fn graphql(
         app.metrics().graphql_request(false);
         return axum::Json(async_graphql::Response::from_errors(vec![err])).into_response();
     }
-    let loaders = Loaders::new(app.upstreams(), &principal, app.dataloader_delay());
+    let loaders = Loaders::new(app.upstreams_arc(), &principal, app.dataloader_delay());
     let ctx = RequestContext {
         principal,
         loaders,

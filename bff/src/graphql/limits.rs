@@ -1,17 +1,22 @@
 //! Hostile-query defences and stable error codes.
 //!
 //! Every document is parsed once, by [`super::DocumentCache::prepare`],
-//! before execution: parse failures, the parser's recursion guard and the
-//! alias limit are answered there with their codes. Depth and complexity
-//! are checked by async-graphql's validation (limits set in
-//! [`super::build_schema`]); [`ensure_codes`] gives those errors, and any
-//! other error still lacking a code, a stable `extensions.code`, so clients
-//! can always switch on it.
+//! before execution: parse failures, the parser's recursion guard, the
+//! alias limit and the depth limit are answered there with their codes.
+//!
+//! Depth is measured on the product's own fields only: schema
+//! introspection (`__schema`, `__type`) is legitimately deep (GraphiQL's
+//! introspection query nests about 15 levels) and is bounded instead by
+//! async-graphql's absolute [`INTROSPECTION_MAX_DEPTH`]. Complexity is
+//! checked by async-graphql's validation; [`ensure_codes`] gives those
+//! errors, and any other error still lacking a code, a stable
+//! `extensions.code`, so clients can always switch on it.
 //!
 //! No async-graphql extension is used for this on purpose: registering any
 //! extension routes every field resolution through the extension chain,
 //! which measurably costs throughput (see `bff/docs/benchmarks.md`).
 
+use async_graphql::parser::Positioned;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{Response, ServerError};
 
@@ -56,8 +61,59 @@ fn count_aliases(doc: &ExecutableDocument) -> usize {
     operations + fragments
 }
 
+/// Absolute depth limit, introspection included (set on the schema).
+pub const INTROSPECTION_MAX_DEPTH: usize = 20;
+
+/// The deepest nesting of non-introspection fields in any operation,
+/// following fragment spreads (a spread already being expanded counts as
+/// nothing: fragment cycles are rejected by validation).
+fn max_depth(doc: &ExecutableDocument) -> usize {
+    fn depth<'a>(
+        doc: &'a ExecutableDocument,
+        set: &'a Positioned<SelectionSet>,
+        expanding: &mut Vec<&'a str>,
+    ) -> usize {
+        set.node
+            .items
+            .iter()
+            .map(|sel| match &sel.node {
+                Selection::Field(field) => {
+                    if field.node.name.node.starts_with("__") {
+                        0
+                    } else {
+                        1 + depth(doc, &field.node.selection_set, expanding)
+                    }
+                }
+                Selection::InlineFragment(frag) => depth(doc, &frag.node.selection_set, expanding),
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    match doc.fragments.get(&spread.node.fragment_name.node) {
+                        Some(frag) if !expanding.contains(&name) => {
+                            expanding.push(name);
+                            let d = depth(doc, &frag.node.selection_set, expanding);
+                            expanding.pop();
+                            d
+                        }
+                        _ => 0,
+                    }
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    doc.operations
+        .iter()
+        .map(|(_, op)| depth(doc, &op.node.selection_set, &mut Vec::new()))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Parses a query and applies the document-level limits.
-pub fn parse(query: &str, max_aliases: usize) -> Result<ExecutableDocument, ServerError> {
+pub fn parse(
+    query: &str,
+    max_aliases: usize,
+    max_depth_allowed: usize,
+) -> Result<ExecutableDocument, ServerError> {
     let doc = async_graphql::parser::parse_query(query).map_err(|err| {
         let err = ServerError::from(err);
         // The parser's own recursion guard fires for very deep documents:
@@ -76,6 +132,18 @@ pub fn parse(query: &str, max_aliases: usize) -> Result<ExecutableDocument, Serv
                 None,
             ),
             code::TOO_MANY_ALIASES,
+        ));
+    }
+    let depth = max_depth(&doc);
+    if depth > max_depth_allowed {
+        return Err(with_code(
+            ServerError::new(
+                format!(
+                    "the query nests {depth} levels deep; at most {max_depth_allowed} are allowed"
+                ),
+                None,
+            ),
+            code::QUERY_TOO_DEEP,
         ));
     }
     Ok(doc)
@@ -137,7 +205,7 @@ mod tests {
     #[test]
     fn parse_failures_and_alias_floods_carry_codes() {
         let code_of = |q: &str, max| {
-            parse(q, max)
+            parse(q, max, 10)
                 .unwrap_err()
                 .extensions
                 .unwrap()
@@ -152,6 +220,31 @@ mod tests {
             code_of("{ a: malls { id } b: malls { id } }", 1),
             Some(code::TOO_MANY_ALIASES.into())
         );
-        assert!(parse("{ a: malls { id } }", 1).is_ok());
+        assert!(parse("{ a: malls { id } }", 1, 10).is_ok());
+    }
+
+    #[test]
+    fn depth_counts_fields_through_fragments_but_not_introspection() {
+        let doc = async_graphql::parser::parse_query(
+            "{ malls { ...F } __schema { types { fields { type { ofType { ofType { name } } } } } } }
+             fragment F on Mall { stores { id } }",
+        )
+        .unwrap();
+        assert_eq!(max_depth(&doc), 3);
+        // A fragment cycle does not hang the check (validation rejects it).
+        let cyclic = async_graphql::parser::parse_query(
+            "{ malls { ...A } } fragment A on Mall { ...B } fragment B on Mall { ...A }",
+        )
+        .unwrap();
+        assert_eq!(max_depth(&cyclic), 1);
+        assert_eq!(
+            parse("{ malls { stores { id } } }", 30, 2)
+                .unwrap_err()
+                .extensions
+                .unwrap()
+                .get("code")
+                .cloned(),
+            Some(code::QUERY_TOO_DEEP.into())
+        );
     }
 }

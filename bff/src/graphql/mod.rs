@@ -8,8 +8,13 @@
 pub mod http;
 pub mod limits;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::parser::types::ExecutableDocument;
@@ -19,11 +24,11 @@ use crate::auth::Principal;
 use crate::config::GraphqlSettings;
 use async_graphql::ErrorExtensions;
 
-use crate::domain::{MallId, MemberId, StoreId};
+use crate::domain::{MallId, MemberId, StoreId, TenantId};
 use crate::error::code;
 use crate::home::HomeQuery;
-use crate::mall::{Mall, MallLoader, MallQuery, StoreLoader, StoresByMallLoader};
-use crate::member::{Coupon, CouponsLoader, Member, MemberLoader, MemberQuery};
+use crate::mall::{Mall, MallLoader, MallQuery, Store, StoreLoader, StoresByMallLoader};
+use crate::member::{Coupon, Member, MemberQuery};
 use crate::product::{Product, ProductLoader, ProductQuery};
 use crate::upstream::{MAX_BATCH, UpstreamError, Upstreams};
 
@@ -42,18 +47,24 @@ pub type BffSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 pub struct DocumentCache {
     cache: Option<moka::sync::Cache<Arc<str>, Arc<ExecutableDocument>>>,
     max_aliases: usize,
+    max_depth: usize,
 }
 
 impl DocumentCache {
-    /// A cache holding up to `bytes` of query text (0: parse every time).
-    pub fn new(bytes: u64, max_aliases: usize) -> Self {
+    /// A cache holding up to `bytes` of query text (0: parse every time),
+    /// admitting documents within the given limits.
+    pub fn new(bytes: u64, max_aliases: usize, max_depth: usize) -> Self {
         let cache = (bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|query: &Arc<str>, _doc| u32::try_from(query.len()).unwrap_or(u32::MAX))
                 .build()
         });
-        Self { cache, max_aliases }
+        Self {
+            cache,
+            max_aliases,
+            max_depth,
+        }
     }
 
     /// Gives `request` its parsed document (cached, or parsed and checked
@@ -68,7 +79,7 @@ impl DocumentCache {
             request.set_parsed_query((*doc).clone());
             return Ok(());
         }
-        let doc = limits::parse(&request.query, self.max_aliases)?;
+        let doc = limits::parse(&request.query, self.max_aliases, self.max_depth)?;
         if let Some(cache) = &self.cache {
             cache.insert(Arc::from(request.query.as_str()), Arc::new(doc.clone()));
         }
@@ -80,7 +91,9 @@ impl DocumentCache {
 /// Builds the schema with the configured limits.
 pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
     let mut builder = Schema::build(Query::default(), EmptyMutation, EmptySubscription)
-        .limit_depth(settings.max_depth)
+        // The configured depth applies to the product's fields (checked in
+        // `limits::parse`); this is the ceiling for introspection.
+        .limit_depth(limits::INTROSPECTION_MAX_DEPTH.max(settings.max_depth))
         .limit_complexity(settings.max_complexity);
     if !settings.introspection {
         builder = builder.disable_introspection();
@@ -95,27 +108,70 @@ pub fn sdl() -> String {
 
 type Loader<T> = DataLoader<T, HashMapCache>;
 
-/// The DataLoaders of one request. Each batches and de-duplicates the
-/// lookups of that request only, so one member never sees another's
-/// cached data.
+type SharedFetch<V> = Shared<BoxFuture<'static, Result<V, UpstreamError>>>;
+
+/// Per-request single flight for lookups of one known key: the first
+/// caller starts the fetch, every later or concurrent caller of the same
+/// key in the request awaits that same fetch (its error included).
+///
+/// Used instead of a DataLoader where keys are known up front, because a
+/// DataLoader batch always waits on a tokio timer first — even with a zero
+/// delay, and tokio rounds timer deadlines up to the next millisecond — so
+/// on a card's critical path that is up to 1 ms of pure waiting per lookup
+/// (see `bff/docs/benchmarks.md`).
+struct Memo<K, V> {
+    inflight: Mutex<HashMap<K, SharedFetch<V>>>,
+}
+
+impl<K: Hash + Eq, V: Clone> Memo<K, V> {
+    fn new() -> Self {
+        Self {
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(
+        &self,
+        key: K,
+        fetch: impl FnOnce() -> BoxFuture<'static, Result<V, UpstreamError>>,
+    ) -> Result<V, UpstreamError> {
+        let shared = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            inflight
+                .entry(key)
+                .or_insert_with(|| fetch().shared())
+                .clone()
+        };
+        shared.await
+    }
+}
+
+/// The lookups of one request: DataLoaders that batch and de-duplicate
+/// per-item lookups, and single-flight memos for known keys. All of it
+/// lives for one request only, so one member never sees another's data.
 pub struct Loaders {
-    /// Malls by id.
+    /// Malls by id (batched).
     pub malls: Loader<MallLoader>,
-    /// Stores by id.
+    /// Stores by id (batched).
     pub stores: Loader<StoreLoader>,
-    /// Stores of a mall.
+    /// Stores of a mall (batched).
     pub stores_by_mall: Loader<StoresByMallLoader>,
-    /// Members by id.
-    pub members: Loader<MemberLoader>,
-    /// A member's coupons.
-    pub coupons: Loader<CouponsLoader>,
-    /// Products by id.
+    /// Products by id (batched).
     pub products: Loader<ProductLoader>,
+    upstreams: Arc<Upstreams>,
+    tenant: TenantId,
+    mall: Memo<MallId, Option<Mall>>,
+    member: Memo<MemberId, Option<Member>>,
+    coupons: Memo<MemberId, Option<Vec<Coupon>>>,
+    /// Set when priming the stores of a list failed: the list's per-item
+    /// `store` fields then report that failure at once instead of each
+    /// asking the failing service again.
+    store_failure: OnceLock<UpstreamError>,
 }
 
 impl Loaders {
-    /// Fresh loaders for one request of `principal`'s tenant.
-    pub fn new(upstreams: &Upstreams, principal: &Principal, delay: Duration) -> Self {
+    /// Fresh lookups for one request of `principal`'s tenant.
+    pub fn new(upstreams: &Arc<Upstreams>, principal: &Principal, delay: Duration) -> Self {
         let tenant = principal.tenant().clone();
         macro_rules! new_loader {
             ($loader:ident, $client:ident) => {
@@ -135,17 +191,20 @@ impl Loaders {
             malls: new_loader!(MallLoader, mall),
             stores: new_loader!(StoreLoader, mall),
             stores_by_mall: new_loader!(StoresByMallLoader, mall),
-            members: new_loader!(MemberLoader, member),
-            coupons: new_loader!(CouponsLoader, member),
             products: new_loader!(ProductLoader, product),
+            upstreams: Arc::clone(upstreams),
+            tenant,
+            mall: Memo::new(),
+            member: Memo::new(),
+            coupons: Memo::new(),
+            store_failure: OnceLock::new(),
         }
     }
 
     /// Feeds products fetched by a list call into the product cache and,
     /// when the client selected their stores, fetches all those stores in
     /// one call now, so per-item `store` lookups hit the cache instead of
-    /// depending on batching timing. A failure here is not reported: the
-    /// per-item lookups retry (in one batch) and report it on their fields.
+    /// depending on batching timing.
     pub async fn prime(&self, products: &[&Product], with_stores: bool) {
         self.products
             .feed_many(products.iter().map(|p| (p.id.clone(), (*p).clone())))
@@ -154,56 +213,71 @@ impl Loaders {
             let mut ids: Vec<StoreId> = products.iter().map(|p| p.store_id.clone()).collect();
             ids.sort_unstable();
             ids.dedup();
-            let loader = self.stores.loader();
-            if let Ok(stores) = loader.client.stores_by_ids(&loader.tenant, &ids).await {
-                self.stores.feed_many(stores).await;
+            match self.upstreams.mall.stores_by_ids(&self.tenant, &ids).await {
+                Ok(stores) => self.stores.feed_many(stores).await,
+                Err(err) => {
+                    let _ = self.store_failure.set(err);
+                }
             }
         }
     }
 
-    // The `*_now` lookups below fetch one known key directly and feed the
-    // request's loader cache. They exist because a DataLoader batch always
-    // waits on a tokio timer first, even with a zero delay, and tokio
-    // rounds timer deadlines up to the next millisecond: on a card's
-    // critical path, where the keys are known up front, that is up to 1 ms
-    // of pure waiting per lookup (see `bff/docs/benchmarks.md`).
+    /// A store, from the primed cache or a batched lookup.
+    pub async fn store(&self, id: StoreId) -> Result<Option<Store>, UpstreamError> {
+        if let Some(err) = self.store_failure.get() {
+            return Err(err.clone());
+        }
+        self.stores.load_one(id).await
+    }
 
-    /// A mall, now (cached per request for later lookups).
+    /// A mall, fetched at once (single flight per request).
     pub async fn mall_now(&self, id: &MallId) -> Result<Option<Mall>, UpstreamError> {
-        let loader = self.malls.loader();
-        let mall = loader
-            .client
-            .malls_by_ids(&loader.tenant, std::slice::from_ref(id))
-            .await?
-            .remove(id);
-        if let Some(mall) = &mall {
-            self.malls.feed_one(id.clone(), mall.clone()).await;
-        }
-        Ok(mall)
+        let (client, tenant, key) = (self.upstreams.mall.clone(), self.tenant.clone(), id.clone());
+        self.mall
+            .get(id.clone(), move || {
+                async move {
+                    Ok(client
+                        .malls_by_ids(&tenant, std::slice::from_ref(&key))
+                        .await?
+                        .remove(&key))
+                }
+                .boxed()
+            })
+            .await
     }
 
-    /// A member, now (cached per request for later lookups).
+    /// A member, fetched at once (single flight per request).
     pub async fn member_now(&self, id: &MemberId) -> Result<Option<Member>, UpstreamError> {
-        let loader = self.members.loader();
-        let member = loader
-            .client
-            .members_by_ids(&loader.tenant, std::slice::from_ref(id))
-            .await?
-            .remove(id);
-        if let Some(member) = &member {
-            self.members.feed_one(id.clone(), member.clone()).await;
-        }
-        Ok(member)
+        let (client, tenant, key) = (
+            self.upstreams.member.clone(),
+            self.tenant.clone(),
+            id.clone(),
+        );
+        self.member
+            .get(id.clone(), move || {
+                async move {
+                    Ok(client
+                        .members_by_ids(&tenant, std::slice::from_ref(&key))
+                        .await?
+                        .remove(&key))
+                }
+                .boxed()
+            })
+            .await
     }
 
-    /// A member's coupons, now (cached per request for later lookups).
+    /// A member's coupons, fetched at once (single flight per request).
     pub async fn coupons_now(&self, id: &MemberId) -> Result<Option<Vec<Coupon>>, UpstreamError> {
-        let loader = self.coupons.loader();
-        let coupons = loader.client.coupons(&loader.tenant, id).await?;
-        if let Some(coupons) = &coupons {
-            self.coupons.feed_one(id.clone(), coupons.clone()).await;
-        }
-        Ok(coupons)
+        let (client, tenant, key) = (
+            self.upstreams.member.clone(),
+            self.tenant.clone(),
+            id.clone(),
+        );
+        self.coupons
+            .get(id.clone(), move || {
+                async move { client.coupons(&tenant, &key).await }.boxed()
+            })
+            .await
     }
 }
 

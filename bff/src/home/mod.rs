@@ -20,6 +20,11 @@ use crate::upstream::UpstreamError;
 /// How many recommended products a card shows.
 pub const RECOMMENDED: usize = 10;
 
+/// Complexity charged for a card beyond its selected fields: it fans out
+/// to five upstream endpoints and prices `RECOMMENDED` + flash-sale
+/// products, so a handful of aliased cards must not pass for cheap.
+pub const HOME_CARD_COST: usize = 200;
+
 /// What one part of the card came to: not asked for / not applicable
 /// (`None`), or the upstream's answer.
 type Part<T> = Option<Result<T, UpstreamError>>;
@@ -79,6 +84,7 @@ pub struct HomeQuery;
 impl HomeQuery {
     /// A whole home screen for a mall in one round trip: the mall, the
     /// asking member, flash sales, recommendations and coupons.
+    #[graphql(complexity = "HOME_CARD_COST + child_complexity")]
     #[tracing::instrument(name = "home_card", level = "debug", skip_all, fields(mall_id = %mall_id.0))]
     async fn home_card(&self, ctx: &Context<'_>, mall_id: ID) -> Result<HomeCard> {
         let mall_id = MallId::parse(mall_id.0).map_err(ApiError::from)?;
@@ -96,8 +102,8 @@ impl HomeQuery {
         let wants_stores = look.field("flashSale").field("store").exists()
             || look.field("recommended").field("store").exists();
 
-        // Every key here is known up front: fetch directly rather than
-        // through a batching window (see `Loaders::mall_now`).
+        // Every key here is known up front: fetch at once rather than
+        // through a batching window (see `graphql::Memo`).
         let mall = loaders.mall_now(&mall_id);
         let member: OptionFuture<_> = member_id
             .as_ref()

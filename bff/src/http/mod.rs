@@ -13,7 +13,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Role;
-use crate::config::Environment;
 use crate::domain::{MemberId, TenantId};
 use crate::error::code;
 use crate::graphql;
@@ -53,15 +52,24 @@ pub fn router(state: AppState) -> Router {
             )
             .route("/playground/{*path}", get(playground_asset));
     }
-    if state.settings().environment == Environment::Development {
+    if state.settings().dev_tokens_allowed() {
         router = router.route("/dev/token", get(dev_token));
     }
     router
         .layer(TraceLayer::new_for_http())
-        // A panic in a handler is a bug; the client gets a 500 and the
-        // server keeps serving.
-        .layer(CatchPanicLayer::new())
+        // A panic in a handler is a bug; the client gets a coded 500 and
+        // the server keeps serving.
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "errors": [{ "message": "internal error", "extensions": { "code": code::INTERNAL_SERVER_ERROR } }] })),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -122,9 +130,10 @@ struct TokenQuery {
     tenant: Option<String>,
 }
 
-/// `GET /dev/token?member=member-1`: a member token signed with the
-/// configured key. Development only (the route does not exist in
-/// production), so the playground can offer a one-click demo token.
+/// `GET /dev/token?member=member-1`: a member token signed with the public
+/// development key, so the playground can offer a one-click demo token.
+/// The route exists only while the BFF runs in development *with* that
+/// public key: a node holding a real key never mints tokens over HTTP.
 async fn dev_token(State(app): State<AppState>, Query(q): Query<TokenQuery>) -> Response {
     let bad = |message: String| {
         (

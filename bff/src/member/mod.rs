@@ -1,16 +1,12 @@
 //! Members and their coupons: types, queries and loaders.
 
-use std::collections::HashMap;
-
-use async_graphql::dataloader::Loader;
 use async_graphql::{Context, Enum, ID, Object, Result};
 use chrono::{DateTime, Utc};
 
 use crate::auth::Principal;
-use crate::domain::{CouponId, MemberId, Money, TenantId};
+use crate::domain::{CouponId, MemberId, Money};
 use crate::error::ApiError;
 use crate::graphql::request;
-use crate::upstream::{MemberClient, UpstreamError};
 
 /// A member (shopper) of the tenant.
 #[derive(Debug, Clone)]
@@ -85,8 +81,7 @@ impl Member {
     async fn coupons(&self, ctx: &Context<'_>) -> Result<Option<Vec<Coupon>>> {
         let coupons = request(ctx)?
             .loaders
-            .coupons
-            .load_one(self.id.clone())
+            .coupons_now(&self.id)
             .await
             .map_err(ApiError::from)?;
         Ok(Some(coupons.unwrap_or_default()))
@@ -145,52 +140,8 @@ impl MemberQuery {
         };
         Ok(req
             .loaders
-            .members
-            .load_one(member)
+            .member_now(&member)
             .await
             .map_err(ApiError::from)?)
-    }
-}
-
-/// Batches member lookups of one request.
-pub struct MemberLoader {
-    /// Client.
-    pub client: MemberClient,
-    /// Tenant of the request.
-    pub tenant: TenantId,
-}
-
-impl Loader<MemberId> for MemberLoader {
-    type Value = Member;
-    type Error = UpstreamError;
-
-    async fn load(&self, keys: &[MemberId]) -> Result<HashMap<MemberId, Member>, UpstreamError> {
-        self.client.members_by_ids(&self.tenant, keys).await
-    }
-}
-
-/// De-duplicates coupon lookups of one request (the member service has no
-/// batch coupon endpoint; distinct members are fetched concurrently).
-pub struct CouponsLoader {
-    /// Client.
-    pub client: MemberClient,
-    /// Tenant of the request.
-    pub tenant: TenantId,
-}
-
-impl Loader<MemberId> for CouponsLoader {
-    type Value = Vec<Coupon>;
-    type Error = UpstreamError;
-
-    async fn load(
-        &self,
-        keys: &[MemberId],
-    ) -> Result<HashMap<MemberId, Vec<Coupon>>, UpstreamError> {
-        let found = futures::future::try_join_all(keys.iter().map(|member| async move {
-            let coupons = self.client.coupons(&self.tenant, member).await?;
-            Ok::<_, UpstreamError>(coupons.map(|c| (member.clone(), c)))
-        }))
-        .await?;
-        Ok(found.into_iter().flatten().collect())
     }
 }

@@ -44,6 +44,10 @@ pub const KNOWN_LABELS: &[&str] = &[
 /// Most ids sent in one batch call (the contract allows 200).
 pub const MAX_BATCH: usize = 100;
 
+/// Largest upstream response body read; a larger one breaks the contract
+/// (a page is at most 100 products) and is refused rather than buffered.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
 /// An upstream call failed. The message names the upstream and nothing
 /// else; the cause is logged where it happens.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,9 +61,10 @@ pub enum UpstreamError {
     /// The answer did not follow the contract.
     #[error("the {0} service sent an invalid response")]
     BadResponse(&'static str),
-    /// The service refused the request as malformed (HTTP 400), e.g. an
-    /// unknown paging cursor.
-    #[error("the {0} service rejected the request; check the ids and cursors sent")]
+    /// The service refused the request as malformed (HTTP 400). Where the
+    /// client supplied the refused part (a paging cursor) the resolver
+    /// reports it as bad input; anywhere else it is the service failing.
+    #[error("the {0} service rejected the request")]
     Rejected(&'static str),
 }
 
@@ -146,7 +151,7 @@ impl Endpoint {
             tracing::error!(error = %err, path, "cannot build upstream URL");
             UpstreamError::BadResponse(self.name)
         })?;
-        let response = self
+        let mut response = self
             .http
             .get(url)
             .query(query)
@@ -167,10 +172,31 @@ impl Endpoint {
             tracing::warn!(upstream = self.name, %status, "upstream answered with an error");
             return Err(UpstreamError::Unavailable(self.name));
         }
-        let body = response
-            .bytes()
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_BODY_BYTES as u64)
+        {
+            tracing::error!(
+                upstream = self.name,
+                "upstream response larger than allowed"
+            );
+            return Err(UpstreamError::BadResponse(self.name));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|err| self.transport_error(err))?;
+            .map_err(|err| self.transport_error(err))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                tracing::error!(
+                    upstream = self.name,
+                    "upstream response larger than allowed"
+                );
+                return Err(UpstreamError::BadResponse(self.name));
+            }
+            body.extend_from_slice(&chunk);
+        }
         serde_json::from_slice(&body).map(Some).map_err(|err| {
             tracing::error!(upstream = self.name, error = %err, "upstream response breaks the contract");
             UpstreamError::BadResponse(self.name)

@@ -81,6 +81,15 @@ async fn expired_forged_and_malformed_tokens_are_refused_with_401() {
 #[tokio::test]
 async fn a_token_of_another_tenant_sees_nothing_of_this_one() {
     let app = spawn_app().await;
+    // Warm every cache with the demo tenant's data first: what the other
+    // tenant sees must not come from caches either.
+    let (_, warm) = app
+        .query(
+            r#"{ malls { id stores { id } } homeCard(mallId: "mall-1") { mall { id } member { id } recommended { store { id } } } }"#,
+            Some(&app.token("member-1")),
+        )
+        .await;
+    assert_eq!(warm["errors"], Value::Null, "{warm}");
     let other = app.token_for("acme", "member-1", Role::Member);
 
     let (_, body) = app.query(ME, Some(&other)).await;
@@ -121,4 +130,49 @@ async fn a_staff_token_has_no_member_card() {
     let (_, body) = app.query(ME, Some(&author)).await;
 
     assert_eq!(codes(&body), ["FORBIDDEN"]);
+}
+
+#[tokio::test]
+async fn demo_tokens_are_only_minted_with_the_public_development_key() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(format!("{}/dev/token?member=member-1", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let token: Value = resp.json().await.unwrap();
+    let (_, body) = app.query(ME, token["token"].as_str()).await;
+    assert_eq!(body["data"]["me"]["id"], "member-1");
+
+    let private = crate::helpers::spawn_app_with(|s| {
+        s.auth.jwt_secret = "a-private-key-that-is-at-least-32-bytes-long".into();
+    })
+    .await;
+    let resp = private
+        .http
+        .get(format!("{}/dev/token?member=member-1", private.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn an_anonymous_request_cannot_choose_another_tenant() {
+    let app = spawn_app().await;
+
+    let resp = app
+        .http
+        .post(format!("{}/graphql", app.url))
+        .header("x-tenant-id", "acme")
+        .json(&json!({ "query": "{ malls { id } }" }))
+        .send()
+        .await
+        .unwrap();
+
+    // The header is ignored: anonymous requests see the default tenant.
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["malls"].as_array().unwrap().len(), 3);
 }

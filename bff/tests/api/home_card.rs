@@ -244,3 +244,61 @@ async fn cached_stores_keep_the_card_whole_while_the_mall_service_is_down() {
     assert_eq!(body["errors"], Value::Null, "{body}");
     assert!(body["data"]["homeCard"]["recommended"][0]["store"]["id"].is_string());
 }
+
+#[tokio::test]
+async fn with_the_mall_service_down_and_nothing_cached_the_card_fails_naming_the_mall_service() {
+    let app = spawn_app().await;
+    app.mall.set_faults(down());
+
+    let (status, body) = app.query(CARD, Some(&app.token("member-1"))).await;
+
+    // A card without its mall cannot render: the whole card is null, and
+    // the error says which service is to blame.
+    assert_eq!(status, 200);
+    assert_eq!(body["data"], Value::Null);
+    assert_eq!(codes(&body), ["UPSTREAM_UNAVAILABLE"]);
+    assert_eq!(body["errors"][0]["extensions"]["upstream"], "mall");
+}
+
+#[tokio::test]
+async fn the_member_is_fetched_once_however_many_fields_ask_for_it() {
+    let app = spawn_app().await;
+    let query = r#"{
+      me { id coupons { id } }
+      a: homeCard(mallId: "mall-1") { member { id } coupons { id } }
+      b: homeCard(mallId: "mall-2") { member { level } coupons { id } }
+    }"#;
+
+    let (_, body) = app.query(query, Some(&app.token("member-1"))).await;
+
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    assert_eq!(body["data"]["b"]["member"]["level"], "GOLD");
+    assert_eq!(app.calls("member", "members.batch"), 1);
+    assert_eq!(app.calls("member", "coupons.list"), 1);
+}
+
+#[tokio::test]
+async fn when_stores_cannot_be_loaded_each_product_says_so_without_asking_again() {
+    let app = spawn_app_with(|s| s.cache.reference_ttl_secs = 0).await;
+    // Malls answer, stores do not: only the store batch fails.
+    let (_, warm) = app.query(r#"{ mall(id: "mall-1") { id } }"#, None).await;
+    assert_eq!(warm["errors"], Value::Null);
+    app.mall.set_faults(down());
+
+    let (_, body) = app
+        .query(
+            r#"{ products(mallId: "mall-1", first: 10) { nodes { id store { id } } } }"#,
+            None,
+        )
+        .await;
+
+    let nodes = body["data"]["products"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 10);
+    assert!(nodes.iter().all(|n| n["store"].is_null()));
+    assert!(codes(&body).iter().all(|c| c == "UPSTREAM_UNAVAILABLE"));
+    assert_eq!(
+        app.calls("mall", "stores.batch"),
+        1,
+        "one failed batch, no retries"
+    );
+}

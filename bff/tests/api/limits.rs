@@ -2,12 +2,39 @@ use serde_json::json;
 
 use crate::helpers::{codes, spawn_app};
 
+/// The introspection query GraphiQL sends (graphql-js `getIntrospectionQuery`).
+const INTROSPECTION: &str = r#"
+query IntrospectionQuery {
+  __schema {
+    queryType { name } mutationType { name } subscriptionType { name }
+    types { ...FullType }
+    directives { name description locations args { ...InputValue } }
+  }
+}
+fragment FullType on __Type {
+  kind name description
+  fields(includeDeprecated: true) {
+    name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason
+  }
+  inputFields { ...InputValue }
+  interfaces { ...TypeRef }
+  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+  possibleTypes { ...TypeRef }
+}
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+fragment TypeRef on __Type {
+  kind name
+  ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+    ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }
+}
+"#;
+
 #[tokio::test]
 async fn a_depth_bomb_is_refused_before_anything_runs() {
     let app = spawn_app().await;
-    // Introspection types nest without end: 14 levels of `ofType`.
+    // Introspection types nest without end: 25 levels of `ofType`.
     let mut inner = "name".to_owned();
-    for _ in 0..14 {
+    for _ in 0..25 {
         inner = format!("ofType {{ {inner} }}");
     }
     let query = format!("{{ __schema {{ types {{ fields {{ type {{ {inner} }} }} }} }} }}");
@@ -17,6 +44,22 @@ async fn a_depth_bomb_is_refused_before_anything_runs() {
     assert_eq!(status, 200);
     assert_eq!(codes(&body), ["QUERY_TOO_DEEP"]);
     assert_eq!(body["data"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn a_query_deeper_than_the_configured_depth_is_refused_but_introspection_is_not() {
+    let app = crate::helpers::spawn_app_with(|s| s.graphql.max_depth = 2).await;
+
+    let (_, body) = app
+        .query(r#"{ homeCard(mallId: "mall-1") { mall { id } } }"#, None)
+        .await;
+    assert_eq!(codes(&body), ["QUERY_TOO_DEEP"]);
+    assert_eq!(app.mall.requests(), 0);
+
+    // The full introspection query GraphiQL sends is far deeper than 2.
+    let (_, body) = app.query(INTROSPECTION, None).await;
+    assert_eq!(body["errors"], serde_json::Value::Null, "{body}");
+    assert!(body["data"]["__schema"]["types"].as_array().unwrap().len() > 10);
 }
 
 #[tokio::test]
@@ -126,4 +169,17 @@ async fn get_requests_run_queries_from_the_url() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["data"]["malls"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_dozen_aliased_home_cards_are_refused_as_too_complex() {
+    let app = spawn_app().await;
+    let cards: String = (0..12)
+        .map(|i| format!("c{i}: homeCard(mallId: \"mall-1\") {{ mall {{ id }} }} "))
+        .collect();
+
+    let (_, body) = app.query(&format!("{{ {cards} }}"), None).await;
+
+    assert_eq!(codes(&body), ["QUERY_TOO_COMPLEX"]);
+    assert_eq!(app.mall.requests() + app.product.requests(), 0);
 }

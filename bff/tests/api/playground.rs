@@ -37,7 +37,7 @@ async fn the_playground_runs_the_example_home_card_query_in_a_real_browser() {
     let output = tokio::process::Command::new("node")
         .args(["--test", "tests/playground.test.mjs"])
         .current_dir(web_dir())
-        .env("BFF_URL", &app.url)
+        .env("PLAYGROUND_URL", &app.url)
         .env("CHROMIUM_PATH", &chromium)
         .output()
         .await
