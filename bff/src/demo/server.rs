@@ -197,6 +197,17 @@ fn batch<'a, T: serde::Serialize + 'a>(
     }
 }
 
+/// A batch endpoint whose `ids` parameter is mandatory.
+fn required_batch<'a, T: serde::Serialize + 'a>(
+    ids: Option<String>,
+    lookup: impl Fn(&str) -> Option<&'a T>,
+) -> Response {
+    match ids {
+        Some(ids) => batch(&ids, lookup),
+        None => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "ids is required"),
+    }
+}
+
 /// An unknown tenant has no data: batches come back empty and single
 /// resources are not found.
 static EMPTY: std::sync::LazyLock<TenantData> = std::sync::LazyLock::new(TenantData::default);
@@ -249,10 +260,7 @@ async fn members(
     Query(q): Query<BatchQuery>,
 ) -> Response {
     let t = tenant(&s.data, &t);
-    match q.ids {
-        Some(ids) => batch(&ids, |id| t.member(id)),
-        None => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "ids is required"),
-    }
+    required_batch(q.ids, |id| t.member(id))
 }
 
 async fn coupons(State(s): State<AppState>, Path((t, member)): Path<(String, String)>) -> Response {
@@ -270,10 +278,7 @@ async fn products(
     Query(q): Query<BatchQuery>,
 ) -> Response {
     let t = tenant(&s.data, &t);
-    match q.ids {
-        Some(ids) => batch(&ids, |id| t.product(id)),
-        None => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "ids is required"),
-    }
+    required_batch(q.ids, |id| t.product(id))
 }
 
 #[derive(Deserialize)]
