@@ -166,6 +166,19 @@ struct Target {
     pid: u32,
 }
 
+impl Target {
+    /// A GraphQL endpoint at `base` served by process `pid`.
+    fn graphql(base: &str, token: &str, body: Value, pid: u32) -> Arc<Self> {
+        Arc::new(Self {
+            get: false,
+            url: format!("{base}/graphql"),
+            token: token.to_owned(),
+            body,
+            pid,
+        })
+    }
+}
+
 async fn send(http: &reqwest::Client, t: &Target) -> bool {
     let request = if t.get {
         http.get(&t.url)
@@ -403,20 +416,8 @@ async fn run() {
         let base_url = format!("http://127.0.0.1:{base_port}");
         wait_up(&format!("{base_url}/healthz")).await;
 
-        let gql = Arc::new(Target {
-            get: false,
-            url: format!("{bff_url}/graphql"),
-            token: token.clone(),
-            body: card_body.clone(),
-            pid: bff.pid(),
-        });
-        let hand = Arc::new(Target {
-            get: false,
-            url: format!("{base_url}/graphql"),
-            token: token.clone(),
-            body: card_body.clone(),
-            pid: base.pid(),
-        });
+        let gql = Target::graphql(&bff_url, &token, card_body.clone(), bff.pid());
+        let hand = Target::graphql(&base_url, &token, card_body.clone(), base.pid());
 
         // Same JSON from both, and the BFF's calls for one card.
         let http = reqwest::Client::new();
@@ -543,21 +544,9 @@ async fn run() {
         // Reference cache off: the 3-mall query must reach the loader.
         let (bff, bff_url) = start_bff(&up_url, delay_us, false);
         wait_up(&format!("{bff_url}/healthz")).await;
-        let card = Arc::new(Target {
-            get: false,
-            url: format!("{bff_url}/graphql"),
-            token: token.clone(),
-            body: card_body.clone(),
-            pid: bff.pid(),
-        });
+        let card = Target::graphql(&bff_url, &token, card_body.clone(), bff.pid());
         let card_stats = closed_loop(&card, conns, secs / 2).await;
-        let unprimed = Arc::new(Target {
-            get: false,
-            url: format!("{bff_url}/graphql"),
-            token: token.clone(),
-            body: json!({ "query": UNPRIMED }),
-            pid: bff.pid(),
-        });
+        let unprimed = Target::graphql(&bff_url, &token, json!({ "query": UNPRIMED }), bff.pid());
         let calls0 = upstream_calls(&bff_url).await;
         let u = closed_loop(&unprimed, conns, secs / 2).await;
         let calls1 = upstream_calls(&bff_url).await;

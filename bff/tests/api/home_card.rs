@@ -302,3 +302,53 @@ async fn when_stores_cannot_be_loaded_each_product_says_so_without_asking_again(
         "one failed batch, no retries"
     );
 }
+
+#[tokio::test]
+async fn readyz_is_ready_only_while_every_upstream_answers_and_names_the_one_that_does_not() {
+    let app = spawn_app().await;
+    let readyz = || async {
+        let resp = app
+            .http
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+
+    app.member.set_faults(down());
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["upstreams"]["member"], "down");
+    assert_eq!(body["upstreams"]["mall"], "up");
+}
+
+#[tokio::test]
+async fn metrics_expose_upstream_calls_per_endpoint_and_outcome() {
+    let app = spawn_app().await;
+    app.product.set_faults(down());
+    app.query(CARD, None).await;
+
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    assert!(
+        text.contains(
+            r#"bff_upstream_calls_total{upstream="mall",endpoint="malls.batch",outcome="ok"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"bff_upstream_calls_total{upstream="product",endpoint="products.listing",outcome="error"} 1"#), "{text}");
+    assert!(text.contains("bff_graphql_requests_total"));
+}
