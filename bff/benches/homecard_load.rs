@@ -71,8 +71,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A child process, killed when dropped.
-struct Proc(Child);
+/// A child process, killed when dropped (with its data directory, if any).
+struct Proc(Child, Option<tempfile::TempDir>);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -93,6 +93,7 @@ fn spawn(cmd: &mut Command) -> Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("process starts"),
+        None,
     )
 }
 
@@ -332,9 +333,12 @@ async fn upstream_calls(bff: &str) -> Vec<(String, f64)> {
     out
 }
 
-fn start_bff(upstreams: &str, delay_us: u64, cache: bool) -> (Proc, String) {
+/// A BFF process; `rules` installs the demo promotion deployments (the
+/// hand-written baseline applies none, so comparisons with it run without).
+fn start_bff(upstreams: &str, delay_us: u64, cache: bool, rules: bool) -> (Proc, String) {
     let port = free_port();
-    let proc = spawn(
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut proc = spawn(
         Command::new(env!("CARGO_BIN_EXE_bff"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("BFF_LOG__FILTER", "warn")
@@ -351,8 +355,11 @@ fn start_bff(upstreams: &str, delay_us: u64, cache: bool) -> (Proc, String) {
             .env(
                 "BFF_CACHE__REFERENCE_TTL_SECS",
                 if cache { "60" } else { "0" },
-            ),
+            )
+            .env("BFF_STORE__DATA_DIR", data.path())
+            .env("BFF_RULES__DEMO_DEPLOYMENTS", rules.to_string()),
     );
+    proc.1 = Some(data);
     (proc, format!("http://127.0.0.1:{port}"))
 }
 
@@ -405,7 +412,7 @@ async fn run() {
         let up_url = format!("http://127.0.0.1:{up_port}");
         wait_up(&format!("{up_url}/mall/healthz")).await;
 
-        let (bff, bff_url) = start_bff(&up_url, 0, true);
+        let (bff, bff_url) = start_bff(&up_url, 0, true, false);
         wait_up(&format!("{bff_url}/healthz")).await;
         let base_port = free_port();
         let base = spawn(Command::new(std::env::current_exe().unwrap()).args([
@@ -526,6 +533,74 @@ async fn run() {
         drop((bff, base, upstreams));
     }
 
+    // Promotion rules on vs off: the same card, personal prices computed by
+    // the five demo deployments (one evaluation per item-stage rule per
+    // card) or not at all.
+    {
+        let up_port = free_port();
+        let upstreams = spawn(Command::new(env!("CARGO_BIN_EXE_bff")).args([
+            "upstreams",
+            "--listen",
+            &format!("127.0.0.1:{up_port}"),
+        ]));
+        let up_url = format!("http://127.0.0.1:{up_port}");
+        wait_up(&format!("{up_url}/mall/healthz")).await;
+        let (off, off_url) = start_bff(&up_url, 0, true, false);
+        let (on, on_url) = start_bff(&up_url, 0, true, true);
+        wait_up(&format!("{off_url}/healthz")).await;
+        wait_up(&format!("{on_url}/healthz")).await;
+        let t_off = Target::graphql(&off_url, &token, card_body.clone(), off.pid());
+        let t_on = Target::graphql(&on_url, &token, card_body.clone(), on.pid());
+        // Rules really apply on one and not on the other.
+        let http = reqwest::Client::new();
+        let applied = |url: String| {
+            let http = http.clone();
+            let token = token.clone();
+            let body = card_body.clone();
+            async move {
+                let v: Value = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["data"]["homeCard"]["recommended"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| !p["price"]["applied"].as_array().unwrap().is_empty())
+                    .count()
+            }
+        };
+        assert_eq!(applied(t_off.url.clone()).await, 0);
+        assert!(applied(t_on.url.clone()).await > 0, "rules apply");
+        println!("## Promotion rules on vs off (upstream latency 0 ms)\n");
+        println!(
+            "| target | req/s | p50 ms | p99 ms | server CPU | server CPU µs/req | machine CPU (of 200%) | peak RSS MiB | errors |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let r_off = closed_loop(&t_off, conns, secs).await;
+        let r_on = closed_loop(&t_on, conns, secs).await;
+        println!(
+            "{}",
+            row("card, rules off", &r_off, peak_rss_mib(t_off.pid))
+        );
+        println!(
+            "{}",
+            row("card, 5 demo rules on", &r_on, peak_rss_mib(t_on.pid))
+        );
+        println!();
+        println!(
+            "Rules on / off throughput: **{:.0}%** (target ≥ 80 %)\n",
+            100.0 * r_on.rps / r_off.rps
+        );
+        drop((off, on, upstreams));
+    }
+
     // The DataLoader's batching window.
     let up_port = free_port();
     let upstreams = spawn(Command::new(env!("CARGO_BIN_EXE_bff")).args([
@@ -542,7 +617,7 @@ async fn run() {
     println!("|---|---|---|---|---|---|");
     for delay_us in [0u64, 100, 1000] {
         // Reference cache off: the 3-mall query must reach the loader.
-        let (bff, bff_url) = start_bff(&up_url, delay_us, false);
+        let (bff, bff_url) = start_bff(&up_url, delay_us, false, false);
         wait_up(&format!("{bff_url}/healthz")).await;
         let card = Target::graphql(&bff_url, &token, card_body.clone(), bff.pid());
         let card_stats = closed_loop(&card, conns, secs / 2).await;

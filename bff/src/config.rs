@@ -68,6 +68,56 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Redis URL of the shared store (`BFF_REDIS_URL`). Unset: the embedded,
+    /// file-backed store in `store.data_dir` (one node only).
+    pub redis_url: Option<String>,
+    /// The BFF's own state.
+    pub store: StoreSettings,
+    /// Promotion rules.
+    pub rules: RulesSettings,
+}
+
+/// The BFF's own state store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Directory of the embedded store's file (embedded mode only).
+    pub data_dir: std::path::PathBuf,
+    /// Prefix of every Redis key and channel, so several deployments (or
+    /// test runs) can share one Redis.
+    pub namespace: String,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: std::path::PathBuf::from("data"),
+            namespace: "bff".to_owned(),
+        }
+    }
+}
+
+/// Promotion rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesSettings {
+    /// Rule instances that may run at the same time (the instance pool).
+    pub pool_instances: u32,
+    /// Failures in a row after which a deployment is quarantined.
+    pub quarantine_after: u32,
+    /// Publish and activate the example rules for the default tenant when it
+    /// has no deployments yet (development only).
+    pub demo_deployments: bool,
+}
+
+impl Default for RulesSettings {
+    fn default() -> Self {
+        Self {
+            pool_instances: 64,
+            quarantine_after: 5,
+            demo_deployments: true,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -82,6 +132,9 @@ impl Default for Settings {
             graphql: GraphqlSettings::default(),
             cache: CacheSettings::default(),
             log: LogSettings::default(),
+            redis_url: None,
+            store: StoreSettings::default(),
+            rules: RulesSettings::default(),
         }
     }
 }

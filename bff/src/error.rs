@@ -37,6 +37,19 @@ pub mod code {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// The request body is larger than allowed.
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// A promotion rule whose policy is fail-closed failed, so no price can
+    /// be given.
+    pub const RULE_FAILED: &str = "RULE_FAILED";
+    /// The uploaded binary is not WebAssembly or cannot be used.
+    pub const INVALID_COMPONENT: &str = "INVALID_COMPONENT";
+    /// The component does not implement `mall:promotion/rule@1.0.0`.
+    pub const WRONG_WORLD: &str = "WRONG_WORLD";
+    /// The uploaded component is larger than allowed.
+    pub const COMPONENT_TOO_LARGE: &str = "COMPONENT_TOO_LARGE";
+    /// The rule refused the deployment's config.
+    pub const INVALID_RULE_CONFIG: &str = "INVALID_RULE_CONFIG";
+    /// The object changed concurrently; retry.
+    pub const CONFLICT: &str = "CONFLICT";
     /// Something failed inside the BFF; details are in its logs.
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
 }
@@ -64,6 +77,18 @@ pub enum ApiError {
     },
     /// An upstream failed; the cause was logged by the upstream client.
     Upstream(UpstreamError),
+    /// A fail-closed promotion rule failed.
+    RuleFailed {
+        /// `name@version` of the rule.
+        rule: String,
+    },
+    /// Any other coded refusal (rule registry, store).
+    Coded {
+        /// Stable code.
+        code: &'static str,
+        /// Message safe to show.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -75,6 +100,8 @@ impl ApiError {
             ApiError::BadInput(_) => code::BAD_USER_INPUT,
             ApiError::NotFound { .. } => code::NOT_FOUND,
             ApiError::Upstream(_) => code::UPSTREAM_UNAVAILABLE,
+            ApiError::RuleFailed { .. } => code::RULE_FAILED,
+            ApiError::Coded { code, .. } => code,
         }
     }
 
@@ -88,6 +115,10 @@ impl ApiError {
             ApiError::BadInput(err) => err.to_string(),
             ApiError::NotFound { what, id } => format!("{what} `{id}` was not found"),
             ApiError::Upstream(err) => err.to_string(),
+            ApiError::RuleFailed { rule } => {
+                format!("promotion rule {rule} failed and prices cannot be computed without it")
+            }
+            ApiError::Coded { message, .. } => message.clone(),
         }
     }
 }
@@ -95,6 +126,22 @@ impl ApiError {
 impl From<InvalidInput> for ApiError {
     fn from(err: InvalidInput) -> Self {
         ApiError::BadInput(err)
+    }
+}
+
+impl From<crate::pricing::registry::RegistryError> for ApiError {
+    fn from(err: crate::pricing::registry::RegistryError) -> Self {
+        if let crate::pricing::registry::RegistryError::Store(cause) = &err {
+            tracing::error!(error = %cause, "rule registry store failure");
+            return ApiError::Coded {
+                code: code::INTERNAL_SERVER_ERROR,
+                message: "the rule registry is unavailable".into(),
+            };
+        }
+        ApiError::Coded {
+            code: err.code(),
+            message: err.to_string(),
+        }
     }
 }
 
@@ -111,6 +158,9 @@ impl From<ApiError> for async_graphql::Error {
             ext.set("code", err.code());
             if let ApiError::Upstream(cause) = &err {
                 ext.set("upstream", cause.upstream());
+            }
+            if let ApiError::RuleFailed { rule } = &err {
+                ext.set("rule", rule.as_str());
             }
         });
         error

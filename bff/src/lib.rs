@@ -16,6 +16,9 @@
 //! * [`graphql`] — schema assembly, request context, limits, `/graphql`.
 //! * [`mall`], [`member`], [`product`] — each capability's types, queries
 //!   and DataLoaders.
+//! * [`pricing`] — promotion rules as sandboxed WebAssembly components:
+//!   the host, the referee, the registry.
+//! * [`store`] — the BFF's own state: embedded file or Redis.
 //! * [`home`] — the home card: a whole screen in one round trip.
 //! * [`upstream`] — one client per upstream service (anti-corruption
 //!   layer).
@@ -34,7 +37,9 @@ pub mod http;
 pub mod mall;
 pub mod member;
 pub mod metrics;
+pub mod pricing;
 pub mod product;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;

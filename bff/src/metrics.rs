@@ -48,6 +48,15 @@ pub struct Metrics {
     upstream_calls: Family<CallLabels, Counter>,
     upstream_seconds: Family<EndpointLabels, Histogram>,
     graphql_requests: Family<RequestLabels, Counter>,
+    rule_evaluations: Family<RuleLabels, Counter>,
+    rule_fuel: Histogram,
+}
+
+/// Labels of a rule evaluation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// `ok` or the failure code (e.g. `OUT_OF_FUEL`).
+    pub outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,11 +97,25 @@ impl Metrics {
             "GraphQL requests served, by outcome",
             graphql_requests.clone(),
         );
+        let rule_evaluations = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "rule_evaluations",
+            "Promotion rule evaluations, by outcome (ok or the failure code)",
+            rule_evaluations.clone(),
+        );
+        let rule_fuel = Histogram::new([1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 1e8]);
+        registry.register(
+            "rule_fuel",
+            "Fuel used per promotion rule evaluation",
+            rule_fuel.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             upstream_calls,
             upstream_seconds,
             graphql_requests,
+            rule_evaluations,
+            rule_fuel,
         }
     }
 
@@ -133,6 +156,14 @@ impl Metrics {
                     .get()
             })
             .sum()
+    }
+
+    /// Records one rule evaluation.
+    pub fn rule_evaluation(&self, outcome: &'static str, fuel: u64) {
+        self.rule_evaluations
+            .get_or_create(&RuleLabels { outcome })
+            .inc();
+        self.rule_fuel.observe(fuel as f64);
     }
 
     /// Records one GraphQL response.

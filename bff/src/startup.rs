@@ -17,6 +17,10 @@ use crate::demo::{DemoUpstreams, Service, ServiceControl};
 use crate::domain::TenantId;
 use crate::graphql::{BffSchema, DocumentCache, build_schema};
 use crate::metrics::Metrics;
+use crate::pricing::Pricing;
+use crate::pricing::host::{PoolSize, RuleHost};
+use crate::pricing::registry::Registry;
+use crate::store::SharedStore;
 use crate::upstream::{BaseUrls, Upstreams};
 
 /// Shared state of the running app: one cheap-to-clone handle.
@@ -32,6 +36,8 @@ struct Inner {
     authenticator: Authenticator,
     metrics: Metrics,
     documents: DocumentCache,
+    pricing: Pricing,
+    store: SharedStore,
 }
 
 impl AppState {
@@ -58,6 +64,14 @@ impl AppState {
     /// Parsed GraphQL documents for reuse.
     pub fn documents(&self) -> &DocumentCache {
         &self.inner.documents
+    }
+    /// The promotion engine.
+    pub fn pricing(&self) -> &Pricing {
+        &self.inner.pricing
+    }
+    /// The BFF's own state store.
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
     }
     /// This instance's metrics.
     pub fn metrics(&self) -> &Metrics {
@@ -111,8 +125,34 @@ impl Application {
         let metrics = Metrics::new();
         let upstreams =
             Upstreams::new(&settings.upstreams, &settings.cache, &urls, metrics.clone())?;
+        let store = crate::store::open(
+            settings.redis_url.as_deref(),
+            &settings.store.namespace,
+            &settings.store.data_dir,
+        )
+        .await?;
+        let host = RuleHost::shared(PoolSize {
+            instances: settings.rules.pool_instances,
+        })?;
+        let registry = Registry::new(
+            store.clone(),
+            host,
+            settings.rules.quarantine_after,
+            metrics.clone(),
+        );
+        registry.start().await?;
+        if settings.rules.demo_deployments
+            && settings.environment == crate::config::Environment::Development
+        {
+            let tenant = settings.default_tenant.as_str();
+            if crate::demo::rules::install(&registry, tenant).await? {
+                tracing::info!(tenant, "installed the demo promotion deployments");
+            }
+        }
         let state = AppState {
             inner: Arc::new(Inner {
+                pricing: Pricing::new(registry),
+                store,
                 schema: build_schema(&settings.graphql),
                 upstreams: Arc::new(upstreams),
                 authenticator: Authenticator::new(&settings.auth),

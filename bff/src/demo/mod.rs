@@ -6,6 +6,7 @@
 //! under `/mall`, `/member` and `/product`.
 
 pub mod data;
+pub mod rules;
 pub mod server;
 
 use std::net::SocketAddr;

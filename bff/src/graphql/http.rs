@@ -122,11 +122,22 @@ pub async fn graphql(
         app.metrics().graphql_request(false);
         return axum::Json(async_graphql::Response::from_errors(vec![err])).into_response();
     }
+    if method == Method::GET && has_mutation(&mut request) {
+        // A GET can be triggered cross-site by a link or an image; changes
+        // need a POST with a JSON body.
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            code::BAD_REQUEST,
+            "mutations must be sent with POST",
+        );
+    }
     let loaders = Loaders::new(app.upstreams_arc(), &principal, app.dataloader_delay());
     let ctx = RequestContext {
         principal,
         loaders,
         upstreams: Arc::clone(app.upstreams_arc()),
+        pricing: app.pricing().clone(),
+        prices: crate::product::PriceBook::default(),
     };
     let mut response = app.schema().execute(request.data(ctx)).await;
     ensure_codes(&mut response);
@@ -137,4 +148,18 @@ pub async fn graphql(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Whether the document holds a mutation.
+fn has_mutation(request: &mut async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    match request.parsed_query() {
+        Ok(doc) => match &doc.operations {
+            DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
+            DocumentOperations::Multiple(ops) => {
+                ops.values().any(|op| op.node.ty == OperationType::Mutation)
+            }
+        },
+        Err(_) => false,
+    }
 }

@@ -18,7 +18,7 @@ use futures::future::{BoxFuture, Shared};
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{Context, EmptyMutation, EmptySubscription, MergedObject, Schema, ServerError};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ServerError};
 
 use crate::auth::Principal;
 use crate::config::GraphqlSettings;
@@ -29,15 +29,26 @@ use crate::error::code;
 use crate::home::HomeQuery;
 use crate::mall::{Mall, MallLoader, MallQuery, Store, StoreLoader, StoresByMallLoader};
 use crate::member::{Coupon, Member, MemberQuery};
+use crate::pricing::api::{PricingQuery, RulesMutation};
 use crate::product::{Product, ProductLoader, ProductQuery};
 use crate::upstream::{MAX_BATCH, UpstreamError, Upstreams};
 
 /// The root query: each capability contributes its own fields.
 #[derive(MergedObject, Default)]
-pub struct Query(MallQuery, MemberQuery, ProductQuery, HomeQuery);
+pub struct Query(
+    MallQuery,
+    MemberQuery,
+    ProductQuery,
+    HomeQuery,
+    PricingQuery,
+);
+
+/// The root mutation.
+#[derive(MergedObject, Default)]
+pub struct Mutation(RulesMutation);
 
 /// The BFF's GraphQL schema.
-pub type BffSchema = Schema<Query, EmptyMutation, EmptySubscription>;
+pub type BffSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Parsed documents by query text. Client apps send the same few queries
 /// over and over, and parsing is a large share of a small query's CPU.
@@ -90,7 +101,7 @@ impl DocumentCache {
 
 /// Builds the schema with the configured limits.
 pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
-    let mut builder = Schema::build(Query::default(), EmptyMutation, EmptySubscription)
+    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         // The configured depth applies to the product's fields (checked in
         // `limits::parse`); this is the ceiling for introspection.
         .limit_depth(limits::INTROSPECTION_MAX_DEPTH.max(settings.max_depth))
@@ -289,6 +300,11 @@ pub struct RequestContext {
     pub loaders: Loaders,
     /// The upstream clients.
     pub upstreams: Arc<Upstreams>,
+    /// The promotion engine.
+    pub pricing: crate::pricing::Pricing,
+    /// Prices computed during this request, and the rule snapshot they were
+    /// computed with.
+    pub prices: crate::product::PriceBook,
 }
 
 /// The request context of a resolver. Always present for requests served

@@ -101,6 +101,8 @@ impl HomeQuery {
         let wants_recommended = wants("recommended");
         let wants_stores = look.field("flashSale").field("store").exists()
             || look.field("recommended").field("store").exists();
+        let wants_prices = look.field("flashSale").field("price").exists()
+            || look.field("recommended").field("price").exists();
 
         // Every key here is known up front: fetch at once rather than
         // through a batching window (see `graphql::Memo`).
@@ -142,7 +144,17 @@ impl HomeQuery {
                 .flatten()
                 .flatten()
                 .collect();
-            loaders.prime(&all, wants_stores).await;
+            if wants_prices {
+                // Both lists in one batch: one evaluation per rule. A failure
+                // shows on each `price` field.
+                let (_, priced) = futures::join!(
+                    loaders.prime(&all, wants_stores),
+                    crate::product::price_products(req, &all)
+                );
+                let _ = priced;
+            } else {
+                loaders.prime(&all, wants_stores).await;
+            }
             (flash, recommended)
         };
 

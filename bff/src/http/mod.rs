@@ -1,10 +1,13 @@
 //! HTTP routes beside `/graphql`: the playground, health, readiness,
 //! metrics and (in development) demo tokens.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use rust_embed::RustEmbed;
 use serde::Deserialize;
@@ -24,6 +27,7 @@ use crate::startup::AppState;
 #[folder = "../web/"]
 #[include = "playground/*"]
 #[include = "playground/**/*"]
+#[include = "console/*"]
 struct WebAssets;
 
 /// All routes of the app.
@@ -38,7 +42,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route(
+            "/rules/components",
+            post(upload_component).layer(axum::extract::DefaultBodyLimit::max(
+                crate::pricing::host::MAX_COMPONENT_BYTES + 1024,
+            )),
+        );
     if state.settings().graphql.playground {
         router = router
             .route("/", get(|| async { Redirect::temporary("/playground/") }))
@@ -50,7 +60,16 @@ pub fn router(state: AppState) -> Router {
                 "/playground/",
                 get(|| async { asset_response("playground/index.html") }),
             )
-            .route("/playground/{*path}", get(playground_asset));
+            .route("/playground/{*path}", get(playground_asset))
+            .route(
+                "/console",
+                get(|| async { Redirect::permanent("/console/") }),
+            )
+            .route(
+                "/console/",
+                get(|| async { asset_response("console/index.html") }),
+            )
+            .route("/console/{*path}", get(console_asset));
     }
     if state.settings().dev_tokens_allowed() {
         router = router.route("/dev/token", get(dev_token));
@@ -106,6 +125,91 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+async fn console_asset(Path(path): Path<String>) -> Response {
+    asset_response(&format!("console/{path}"))
+}
+
+fn coded_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })),
+    )
+        .into_response()
+}
+
+/// `POST /rules/components`: the body is a component (or a core module
+/// carrying its component type) for the token's tenant. Answers the sha256
+/// to publish it under. A rule-author token is required.
+async fn upload_component(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let principal = match graphql::http::authenticate(&app, &headers) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let tenant = match principal {
+        crate::auth::Principal::Staff {
+            tenant,
+            role: Role::RuleAuthor,
+            ..
+        } => tenant,
+        crate::auth::Principal::Anonymous { .. } => {
+            return coded_response(
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHENTICATED,
+                "uploading a rule needs a rule-author token",
+            );
+        }
+        _ => {
+            return coded_response(
+                StatusCode::FORBIDDEN,
+                code::FORBIDDEN,
+                "uploading a rule needs a rule-author token",
+            );
+        }
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return coded_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::COMPONENT_TOO_LARGE,
+                "the component is larger than 4 MiB",
+            );
+        }
+        Err(_) => {
+            return coded_response(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                "the body could not be read",
+            );
+        }
+    };
+    match app
+        .pricing()
+        .registry()
+        .upload(tenant.as_str(), body.to_vec())
+        .await
+    {
+        Ok((sha256, size)) => (
+            StatusCode::CREATED,
+            Json(json!({ "sha256": sha256, "size": size })),
+        )
+            .into_response(),
+        Err(crate::pricing::registry::RegistryError::Store(e)) => {
+            tracing::error!(error = %e, "component upload failed");
+            coded_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL_SERVER_ERROR,
+                "the rule registry is unavailable",
+            )
+        }
+        Err(e) => coded_response(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string()),
+    }
+}
+
 async fn playground_asset(Path(path): Path<String>) -> Response {
     asset_response(&format!("playground/{path}"))
 }
@@ -126,8 +230,11 @@ fn asset_response(path: &str) -> Response {
 
 #[derive(Deserialize)]
 struct TokenQuery {
-    member: String,
+    member: Option<String>,
     tenant: Option<String>,
+    /// `rule_author` or `operator` for a staff token (then `subject`).
+    role: Option<String>,
+    subject: Option<String>,
 }
 
 /// `GET /dev/token?member=member-1`: a member token signed with the public
@@ -142,18 +249,31 @@ async fn dev_token(State(app): State<AppState>, Query(q): Query<TokenQuery>) -> 
         )
             .into_response()
     };
-    let member = match MemberId::parse(q.member) {
-        Ok(m) => m,
-        Err(e) => return bad(e.to_string()),
-    };
     let tenant = match q.tenant.map(TenantId::parse).transpose() {
         Ok(t) => t.unwrap_or_else(|| app.default_tenant().clone()),
         Err(e) => return bad(e.to_string()),
     };
-    match app
-        .authenticator()
-        .issue(&tenant, member.as_str(), Role::Member, None)
-    {
+    let (subject, role) = match q.role.as_deref() {
+        None | Some("member") => match q.member.map(MemberId::parse) {
+            Some(Ok(m)) => (m.as_str().to_owned(), Role::Member),
+            Some(Err(e)) => return bad(e.to_string()),
+            None => return bad("member is required".into()),
+        },
+        Some(role @ ("rule_author" | "operator")) => {
+            let subject = q.subject.unwrap_or_else(|| "author-1".into());
+            if subject.is_empty() || subject.len() > 64 || subject.chars().any(char::is_control) {
+                return bad("subject must be 1 to 64 printable characters".into());
+            }
+            let role = if role == "operator" {
+                Role::Operator
+            } else {
+                Role::RuleAuthor
+            };
+            (subject, role)
+        }
+        Some(_) => return bad("role must be member, rule_author or operator".into()),
+    };
+    match app.authenticator().issue(&tenant, &subject, role, None) {
         Ok(token) => Json(json!({ "token": token })).into_response(),
         Err(e) => bad(e.to_string()),
     }

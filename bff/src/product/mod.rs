@@ -1,6 +1,7 @@
 //! Products: types, the paged listing, prices, loaders.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_graphql::connection::{Edge, EmptyFields, PageInfo};
 use async_graphql::dataloader::Loader;
@@ -11,8 +12,10 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{InvalidInput, MallId, Money, ProductId, StoreId, TenantId};
 use crate::error::ApiError;
-use crate::graphql::request;
+use crate::graphql::{RequestContext, request};
 use crate::mall::Store;
+use crate::pricing::engine::{ActiveRule, Applied, PricedLine};
+use crate::pricing::model::Channel;
 use crate::upstream::{ProductClient, UpstreamError};
 
 /// Default page size of product listings.
@@ -69,6 +72,107 @@ pub struct Price {
     pub savings: Money,
     /// Promotions applied, in the order they were applied.
     pub applied: Vec<AppliedPromotion>,
+}
+
+/// Catalogue prices computed during one request, and the rule snapshot
+/// they were computed with (so every price of a response uses the same rule
+/// versions, whatever is activated meanwhile).
+#[derive(Default)]
+pub struct PriceBook {
+    prices: Mutex<HashMap<ProductId, Price>>,
+    snapshot: OnceLock<Arc<Vec<ActiveRule>>>,
+}
+
+impl PriceBook {
+    /// A price computed earlier in this request.
+    pub fn get(&self, id: &ProductId) -> Option<Price> {
+        self.prices
+            .lock()
+            .expect("price book lock")
+            .get(id)
+            .cloned()
+    }
+
+    /// The rule snapshot of this request, taken on first use.
+    pub fn snapshot(
+        &self,
+        pricing: &crate::pricing::Pricing,
+        tenant: &TenantId,
+    ) -> Arc<Vec<ActiveRule>> {
+        self.snapshot
+            .get_or_init(|| pricing.snapshot(tenant))
+            .clone()
+    }
+}
+
+/// Prices every product of `products` not priced yet in this request, in
+/// one batch per mall: each item-stage rule runs once for the whole batch.
+pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Result<(), ApiError> {
+    let todo: Vec<&Product> = {
+        let book = req.prices.prices.lock().expect("price book lock");
+        products
+            .iter()
+            .copied()
+            .filter(|p| !book.contains_key(&p.id))
+            .collect()
+    };
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let tenant = req.principal.tenant();
+    let member = match req.principal.member() {
+        Some(id) => req.loaders.member_now(id).await?,
+        None => None,
+    };
+    let snapshot = req.prices.snapshot(&req.pricing, tenant);
+    let mut by_mall: HashMap<&MallId, Vec<&Product>> = HashMap::new();
+    for p in todo {
+        by_mall.entry(&p.mall_id).or_default().push(p);
+    }
+    for (mall, products) in by_mall {
+        let priced = req
+            .pricing
+            .price_catalog(
+                &snapshot,
+                tenant,
+                mall.as_str(),
+                Channel::App,
+                member.as_ref(),
+                &products,
+            )
+            .map_err(|failed| ApiError::RuleFailed {
+                rule: failed.rule_id,
+            })?;
+        let mut book = req.prices.prices.lock().expect("price book lock");
+        for p in products {
+            if let Some(line) = priced.get(p.id.as_str()) {
+                book.insert(p.id.clone(), Price::from_line(p.list_price, line));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Price {
+    fn from_line(list: Money, line: &PricedLine) -> Self {
+        let final_ = Money::from_minor(line.payable).unwrap_or(Money::ZERO);
+        Price {
+            list,
+            final_,
+            savings: list.saturating_sub(final_),
+            applied: line.applied.iter().map(AppliedPromotion::from).collect(),
+        }
+    }
+}
+
+impl From<&Applied> for AppliedPromotion {
+    fn from(a: &Applied) -> Self {
+        AppliedPromotion {
+            rule_id: ID(a.rule_id.clone()),
+            label: a.label.clone(),
+            amount: Money::from_minor(a.amount).unwrap_or(Money::ZERO),
+        }
+    }
 }
 
 /// A page of products with the cursors to continue.
@@ -129,15 +233,13 @@ impl Product {
     async fn list_price(&self) -> Money {
         self.list_price
     }
-    /// The price for the asking member, with the promotions that apply.
-    /// Null when it cannot be computed.
-    async fn price(&self) -> Option<Price> {
-        Some(Price {
-            list: self.list_price,
-            final_: self.list_price,
-            savings: Money::ZERO,
-            applied: Vec::new(),
-        })
+    /// The price for the asking member (the token's member; anonymous
+    /// visitors see public prices), with the promotions that apply. Null
+    /// when it cannot be computed (the error says why).
+    async fn price(&self, ctx: &Context<'_>) -> Result<Option<Price>> {
+        let req = request(ctx)?;
+        price_products(req, &[self]).await?;
+        Ok(req.prices.get(&self.id))
     }
     /// The product's flash-sale window, if it has one.
     async fn flash_sale(&self) -> Option<&FlashSale> {
@@ -200,6 +302,12 @@ impl ProductQuery {
             || look.field("nodes").field("store").exists();
         let products: Vec<&Product> = page.items.iter().map(|(_, p)| p).collect();
         req.loaders.prime(&products, wants_store).await;
+        let wants_price = look.field("edges").field("node").field("price").exists()
+            || look.field("nodes").field("price").exists();
+        if wants_price {
+            // One batch for the page; a failure shows on each `price` field.
+            let _ = price_products(req, &products).await;
+        }
 
         let nodes: Vec<Product> = page.items.iter().map(|(_, p)| p.clone()).collect();
         let end_cursor = page.items.last().map(|(c, _)| encode_cursor(c));

@@ -17,6 +17,8 @@ pub struct TestApp {
     pub mall: ServiceControl,
     pub member: ServiceControl,
     pub product: ServiceControl,
+    /// The embedded store's directory, removed when the test ends.
+    pub _data: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// The app with default settings on a free port.
@@ -26,10 +28,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// The app with adjusted settings on a free port.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let data = tempfile::tempdir().expect("temp dir");
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Settings::default()
     };
+    settings.store.data_dir = data.path().to_path_buf();
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("app builds");
     let url = format!("http://127.0.0.1:{}", app.port());
@@ -53,6 +57,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         mall,
         member,
         product,
+        _data: std::sync::Arc::new(data),
     }
 }
 
@@ -118,4 +123,27 @@ pub fn codes(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The web pages and their browser tests.
+pub fn web_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+/// Installs the web test dependencies from the lock file if missing, once
+/// per test run (`npm ci` empties `node_modules` first, so two at once would
+/// break each other).
+pub fn ensure_node_modules() {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let web = web_dir();
+    if web.join("node_modules/playwright-core").exists() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&web)
+        .status()
+        .expect("npm is needed for the browser tests (install Node.js)");
+    assert!(status.success(), "npm ci failed in web/");
 }

@@ -56,10 +56,22 @@ async fn a_members_home_card_has_everything_from_one_call_per_upstream_endpoint(
         stores.len() >= 3,
         "products come from several stores: {stores:?}"
     );
-    // Until promotion rules apply, the member pays the list price.
-    let first = &card["recommended"][0]["price"];
-    assert_eq!(first["final"], first["list"]);
-    assert_eq!(first["savings"]["amount"], 0);
+    // The gold member sees member prices from the demo rules; pricing both
+    // lists costs no upstream call of its own (checked below).
+    let mut member_priced = 0;
+    for p in card["recommended"].as_array().unwrap() {
+        let price = &p["price"];
+        let (list, fin) = (
+            price["list"]["amount"].as_i64().unwrap(),
+            price["final"]["amount"].as_i64().unwrap(),
+        );
+        assert_eq!(price["savings"]["amount"].as_i64().unwrap(), list - fin);
+        if price["applied"][0]["ruleId"] == "member-price@1" {
+            assert_eq!(fin, list - list * 500 / 10000, "{p}");
+            member_priced += 1;
+        }
+    }
+    assert!(member_priced > 0, "{card}");
 
     for (upstream, endpoint) in [
         ("mall", "malls.batch"),

@@ -2,9 +2,12 @@
 
 mod auth;
 mod cli;
+mod console;
 mod helpers;
 mod home_card;
 mod limits;
 mod playground;
 mod products;
+mod rules;
 mod schema;
+mod store;

@@ -1,28 +1,9 @@
 //! The playground in real headless Chromium (playwright-core driving
 //! Debian's chromium), against the real app.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use crate::helpers::spawn_app;
-
-fn web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
-}
-
-/// Installs the web test dependencies from the lock file if missing.
-fn ensure_node_modules() {
-    let web = web_dir();
-    if web.join("node_modules/playwright-core").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&web)
-        .status()
-        .expect("npm is needed for the browser tests (install Node.js)");
-    assert!(status.success(), "npm ci failed in web/");
-}
+use crate::helpers::{ensure_node_modules, spawn_app, web_dir};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_playground_runs_the_example_home_card_query_in_a_real_browser() {

@@ -1,0 +1,688 @@
+//! The referee: runs a tenant's active deployments over a batch in a defined
+//! order, validates every proposal, applies stacking groups and caps, and
+//! records what each rule applied.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::host::{CompiledRule, Evaluation, LogEntry, RuleHost, wit};
+use super::model::{FailurePolicy, FailureReason, Stage, Version};
+
+/// A deployment version ready to run.
+#[derive(Debug, Clone)]
+pub struct ActiveRule {
+    /// Deployment name (unique within the tenant).
+    pub name: String,
+    /// The version that runs.
+    pub version: Arc<Version>,
+    /// Its compiled component.
+    pub compiled: Arc<CompiledRule>,
+}
+
+impl ActiveRule {
+    /// The id shown to clients: `name@version`.
+    pub fn rule_id(&self) -> String {
+        format!("{}@{}", self.name, self.version.version)
+    }
+}
+
+/// What one rule applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// `name@version` of the deployment.
+    pub rule_id: String,
+    /// Label the rule gave.
+    pub label: String,
+    /// Money taken off (minor units).
+    pub amount: i64,
+    /// The line it applies to, for line discounts.
+    pub line_id: Option<String>,
+    /// The coupon it redeems, for coupon discounts.
+    pub coupon_id: Option<String>,
+    /// Points spent, for a points offset.
+    pub points: i64,
+}
+
+/// A hint for the member, with the rule that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// `name@version`.
+    pub rule_id: String,
+    /// Stable code.
+    pub code: String,
+    /// Text for the member.
+    pub message: String,
+    /// How much more to spend, if that applies.
+    pub shortfall: Option<i64>,
+}
+
+/// A rule that failed during this pricing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Deployment name.
+    pub name: String,
+    /// `name@version`.
+    pub rule_id: String,
+    /// Stable reason code.
+    pub code: &'static str,
+    /// Detail for the author.
+    pub detail: String,
+}
+
+/// One line after pricing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedLine {
+    /// Line id as given.
+    pub id: String,
+    /// `unit_price * quantity`.
+    pub subtotal: i64,
+    /// What the line costs after line discounts.
+    pub payable: i64,
+    /// Line discounts applied, in order.
+    pub applied: Vec<Applied>,
+}
+
+/// The priced batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Priced {
+    /// Lines in input order.
+    pub lines: Vec<PricedLine>,
+    /// Sum of line subtotals.
+    pub subtotal: i64,
+    /// Everything taken off, points offset excluded.
+    pub discount: i64,
+    /// Points spent.
+    pub points_used: i64,
+    /// Money the points pay.
+    pub points_amount: i64,
+    /// What the member pays.
+    pub payable: i64,
+    /// Every applied promotion, in order.
+    pub applied: Vec<Applied>,
+    /// Hints, in rule order.
+    pub hints: Vec<Hint>,
+    /// Rules that failed and were skipped.
+    pub failures: Vec<Failure>,
+}
+
+/// A rule with fail-closed policy failed: the batch cannot be priced.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rule {rule_id} failed ({code}) and its policy refuses to price without it")]
+pub struct RuleFailed {
+    /// `name@version`.
+    pub rule_id: String,
+    /// Failure code.
+    pub code: &'static str,
+}
+
+/// Receives every evaluation's result (for metrics, counting, quarantine).
+pub trait Observer: Send + Sync {
+    /// Called once per evaluation.
+    fn observed(&self, rule: &ActiveRule, evaluation: &Evaluation, failure: Option<&FailureReason>);
+}
+
+/// Runs rules over a batch.
+pub struct Referee<'a> {
+    /// The host.
+    pub host: &'a RuleHost,
+    /// Receives every evaluation.
+    pub observer: &'a dyn Observer,
+}
+
+struct State {
+    line_payable: Vec<i64>,
+    order_discount: i64,
+    points_used: i64,
+    points_amount: i64,
+    coupons_used: HashSet<String>,
+}
+
+impl State {
+    fn payable(&self) -> i64 {
+        self.line_payable.iter().sum::<i64>() - self.order_discount - self.points_amount
+    }
+}
+
+/// One rule's accepted proposals, before they are applied.
+struct Proposal {
+    lines: Vec<(usize, i64, String)>,
+    order: Vec<(i64, String, Option<String>)>,
+    points: Option<(i64, i64, String)>,
+    hints: Vec<wit::Hint>,
+}
+
+impl Proposal {
+    fn total(&self) -> i64 {
+        self.lines.iter().map(|l| l.1).sum::<i64>()
+            + self.order.iter().map(|o| o.0).sum::<i64>()
+            + self.points.as_ref().map_or(0, |p| p.1)
+    }
+}
+
+impl Referee<'_> {
+    /// Prices `cart` with `rules` (already filtered to the batch's scope).
+    /// Catalogue batches run only item-stage rules.
+    pub fn price(&self, rules: &[ActiveRule], cart: &mut wit::Cart) -> Result<Priced, RuleFailed> {
+        let catalog = matches!(cart.kind, wit::BatchKind::Catalog);
+        let mut state = State {
+            line_payable: cart
+                .lines
+                .iter()
+                .map(|l| l.unit_price.saturating_mul(i64::from(l.quantity)))
+                .collect(),
+            order_discount: 0,
+            points_used: 0,
+            points_amount: 0,
+            coupons_used: HashSet::new(),
+        };
+        let mut priced = Priced {
+            lines: cart
+                .lines
+                .iter()
+                .zip(&state.line_payable)
+                .map(|(l, &subtotal)| PricedLine {
+                    id: l.id.clone(),
+                    subtotal,
+                    payable: subtotal,
+                    applied: Vec::new(),
+                })
+                .collect(),
+            subtotal: state.line_payable.iter().sum(),
+            ..Priced::default()
+        };
+        let index: HashMap<&str, usize> = cart
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.id.as_str(), i))
+            .collect();
+        let index: HashMap<String, usize> =
+            index.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+
+        let mut ordered: Vec<&ActiveRule> = rules
+            .iter()
+            .filter(|r| !catalog || r.version.stage == Stage::Item)
+            .collect();
+        ordered.sort_by(|a, b| {
+            (a.version.stage, a.version.priority, &a.name).cmp(&(
+                b.version.stage,
+                b.version.priority,
+                &b.name,
+            ))
+        });
+
+        // Group consecutive runs: a stacking group runs where its first member
+        // (by stage, priority) would run; its members see the same state.
+        let mut done: HashSet<&str> = HashSet::new();
+        for (i, rule) in ordered.iter().enumerate() {
+            if done.contains(rule.name.as_str()) {
+                continue;
+            }
+            let members: Vec<&ActiveRule> = match &rule.version.stacking_group {
+                Some(group) => ordered[i..]
+                    .iter()
+                    .copied()
+                    .filter(|r| {
+                        r.version.stage == rule.version.stage
+                            && r.version.stacking_group.as_deref() == Some(group)
+                    })
+                    .collect(),
+                None => vec![*rule],
+            };
+            sync_cart(cart, &state);
+            let mut proposals = Vec::with_capacity(members.len());
+            for member in &members {
+                done.insert(member.name.as_str());
+                if let Some(p) = self.run_one(member, cart, &state, &index, catalog, &mut priced)? {
+                    proposals.push((*member, p));
+                }
+            }
+            if proposals.len() > 1 {
+                proposals = best_per_line_and_order(proposals);
+            }
+            for (member, proposal) in proposals {
+                apply(member, proposal, &mut state, &mut priced, catalog);
+            }
+        }
+
+        for (line, payable) in priced.lines.iter_mut().zip(&state.line_payable) {
+            line.payable = *payable;
+        }
+        priced.points_used = state.points_used;
+        priced.points_amount = state.points_amount;
+        priced.payable = state.payable().max(0);
+        priced.discount = priced.subtotal - priced.payable - state.points_amount;
+        Ok(priced)
+    }
+
+    fn run_one(
+        &self,
+        rule: &ActiveRule,
+        cart: &wit::Cart,
+        state: &State,
+        index: &HashMap<String, usize>,
+        catalog: bool,
+        priced: &mut Priced,
+    ) -> Result<Option<Proposal>, RuleFailed> {
+        let evaluation = self.host.evaluate(
+            &rule.compiled,
+            &rule.version.limits,
+            &rule.version.config,
+            cart,
+        );
+        let checked = match &evaluation.result {
+            Ok(Ok(outcome)) => validate(rule, outcome, cart, state, index, catalog),
+            Ok(Err(error)) => Err(FailureReason::RuleError(rule_error_text(error))),
+            Err(reason) => Err(reason.clone()),
+        };
+        match checked {
+            Ok(proposal) => {
+                self.observer.observed(rule, &evaluation, None);
+                Ok(Some(proposal))
+            }
+            Err(reason) => {
+                self.observer.observed(rule, &evaluation, Some(&reason));
+                tracing::warn!(
+                    rule = %rule.rule_id(),
+                    code = reason.code(),
+                    detail = %reason.detail(),
+                    "promotion rule failed"
+                );
+                if rule.version.failure_policy == FailurePolicy::FailClosed {
+                    return Err(RuleFailed {
+                        rule_id: rule.rule_id(),
+                        code: reason.code(),
+                    });
+                }
+                priced.failures.push(Failure {
+                    name: rule.name.clone(),
+                    rule_id: rule.rule_id(),
+                    code: reason.code(),
+                    detail: reason.detail(),
+                });
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Text of a rule's own error.
+pub fn rule_error_text(error: &wit::RuleError) -> String {
+    match error {
+        wit::RuleError::InvalidConfig(m) => format!("invalid config: {m}"),
+        wit::RuleError::Failed(m) => m.clone(),
+    }
+}
+
+fn sync_cart(cart: &mut wit::Cart, state: &State) {
+    for (line, payable) in cart.lines.iter_mut().zip(&state.line_payable) {
+        line.payable = *payable;
+    }
+    cart.payable = state.payable().max(0);
+}
+
+/// Checks a rule's outcome against the batch and the rule's stage, then
+/// applies its cap.
+fn validate(
+    rule: &ActiveRule,
+    outcome: &wit::Outcome,
+    cart: &wit::Cart,
+    state: &State,
+    index: &HashMap<String, usize>,
+    catalog: bool,
+) -> Result<Proposal, FailureReason> {
+    let stage = rule.version.stage;
+    let invalid = |why: String| Err(FailureReason::InvalidOutput(why));
+    let mut lines: Vec<(usize, i64, String)> = Vec::with_capacity(outcome.line_discounts.len());
+    let mut per_line: HashMap<usize, i64> = HashMap::new();
+    if !outcome.line_discounts.is_empty() && stage == Stage::Points {
+        return invalid("a points-stage rule proposed line discounts".into());
+    }
+    for d in &outcome.line_discounts {
+        let Some(&i) = index.get(&d.line_id) else {
+            return invalid(format!(
+                "line discount on unknown line {:?}",
+                truncate(&d.line_id)
+            ));
+        };
+        if d.amount < 0 {
+            return invalid(format!(
+                "negative discount {} on line {:?}",
+                d.amount, d.line_id
+            ));
+        }
+        if d.amount == 0 {
+            continue;
+        }
+        let total = per_line.entry(i).or_insert(0);
+        *total += d.amount;
+        if *total > state.line_payable[i] {
+            return invalid(format!(
+                "discounts of {} on line {:?} exceed its payable {}",
+                total, d.line_id, state.line_payable[i]
+            ));
+        }
+        lines.push((i, d.amount, label(&d.label, &rule.name)));
+    }
+
+    let mut order = Vec::new();
+    let mut points = None;
+    if !catalog {
+        if !outcome.order_discounts.is_empty() && matches!(stage, Stage::Item | Stage::Points) {
+            return invalid(format!(
+                "an {}-stage rule proposed an order discount",
+                stage_name(stage)
+            ));
+        }
+        let payable_after_lines = state.payable() - lines.iter().map(|l| l.1).sum::<i64>();
+        let mut order_total = 0i64;
+        let mut coupons: HashSet<&str> = HashSet::new();
+        for d in &outcome.order_discounts {
+            if d.amount < 0 {
+                return invalid(format!("negative order discount {}", d.amount));
+            }
+            if let Some(coupon) = &d.coupon_id {
+                let chosen = cart.chosen_coupons.iter().any(|c| c == coupon);
+                let held = cart.held_coupons.iter().any(|c| &c.id == coupon);
+                if !chosen || !held {
+                    return invalid(format!(
+                        "coupon {:?} was not chosen by the member or is not held",
+                        truncate(coupon)
+                    ));
+                }
+                if state.coupons_used.contains(coupon) || !coupons.insert(coupon) {
+                    return invalid(format!("coupon {:?} redeemed twice", truncate(coupon)));
+                }
+            }
+            if d.amount == 0 {
+                continue;
+            }
+            order_total += d.amount;
+            if order_total > payable_after_lines {
+                return invalid(format!(
+                    "order discounts of {order_total} exceed the payable {payable_after_lines}"
+                ));
+            }
+            order.push((d.amount, label(&d.label, &rule.name), d.coupon_id.clone()));
+        }
+        if let Some(p) = &outcome.points {
+            if stage != Stage::Points {
+                return invalid(format!(
+                    "an {}-stage rule proposed a points offset",
+                    stage_name(stage)
+                ));
+            }
+            let balance = cart.member.as_ref().map_or(0, |m| m.points) - state.points_used;
+            if p.points < 0 || p.amount < 0 {
+                return invalid("negative points offset".into());
+            }
+            if p.points > balance || p.points > cart.points_to_use - state.points_used {
+                return invalid(format!(
+                    "points offset spends {} points; the member has {} and asked for {}",
+                    p.points, balance, cart.points_to_use
+                ));
+            }
+            if p.amount > payable_after_lines - order_total {
+                return invalid(format!(
+                    "points offset of {} exceeds the payable {}",
+                    p.amount,
+                    payable_after_lines - order_total
+                ));
+            }
+            if p.points > 0 && p.amount > 0 {
+                points = Some((p.points, p.amount, label(&p.label, &rule.name)));
+            }
+        }
+    }
+
+    let mut proposal = Proposal {
+        lines,
+        order,
+        points,
+        hints: if catalog {
+            Vec::new()
+        } else {
+            outcome.hints.clone()
+        },
+    };
+    cap(&mut proposal, rule.version.limits.max_discount);
+    Ok(proposal)
+}
+
+/// Reduces a proposal to the deployment's cap, taking from the last
+/// proposals first.
+fn cap(proposal: &mut Proposal, max: i64) {
+    if max <= 0 {
+        return;
+    }
+    let mut excess = proposal.total() - max;
+    if excess <= 0 {
+        return;
+    }
+    if let Some(p) = &mut proposal.points {
+        let cut = excess.min(p.1);
+        p.1 -= cut;
+        excess -= cut;
+    }
+    for o in proposal.order.iter_mut().rev() {
+        let cut = excess.min(o.0);
+        o.0 -= cut;
+        excess -= cut;
+    }
+    for l in proposal.lines.iter_mut().rev() {
+        let cut = excess.min(l.1);
+        l.1 -= cut;
+        excess -= cut;
+    }
+    proposal.lines.retain(|l| l.1 > 0);
+    proposal.order.retain(|o| o.0 > 0);
+    if proposal.points.as_ref().is_some_and(|p| p.1 == 0) {
+        proposal.points = None;
+    }
+}
+
+/// Within a stacking group: per line, only the largest line discount stays;
+/// of the order-level proposals, only the largest stays.
+fn best_per_line_and_order(
+    mut proposals: Vec<(&ActiveRule, Proposal)>,
+) -> Vec<(&ActiveRule, Proposal)> {
+    let mut best_line: HashMap<usize, (usize, i64)> = HashMap::new();
+    for (p, (_, proposal)) in proposals.iter().enumerate() {
+        let mut totals: HashMap<usize, i64> = HashMap::new();
+        for l in &proposal.lines {
+            *totals.entry(l.0).or_insert(0) += l.1;
+        }
+        for (line, total) in totals {
+            let entry = best_line.entry(line).or_insert((p, total));
+            if total > entry.1 {
+                *entry = (p, total);
+            }
+        }
+    }
+    let best_order = proposals
+        .iter()
+        .enumerate()
+        .map(|(p, (_, proposal))| {
+            (
+                p,
+                proposal.order.iter().map(|o| o.0).sum::<i64>()
+                    + proposal.points.as_ref().map_or(0, |x| x.1),
+            )
+        })
+        .filter(|(_, total)| *total > 0)
+        .fold(None::<(usize, i64)>, |best, (p, total)| match best {
+            Some((_, t)) if t >= total => best,
+            _ => Some((p, total)),
+        });
+    for (p, (_, proposal)) in proposals.iter_mut().enumerate() {
+        proposal
+            .lines
+            .retain(|l| best_line.get(&l.0).is_some_and(|b| b.0 == p));
+        if best_order.is_none_or(|b| b.0 != p) {
+            proposal.order.clear();
+            proposal.points = None;
+        }
+    }
+    proposals
+}
+
+fn apply(
+    rule: &ActiveRule,
+    proposal: Proposal,
+    state: &mut State,
+    priced: &mut Priced,
+    catalog: bool,
+) {
+    let rule_id = rule.rule_id();
+    for (i, amount, label) in proposal.lines {
+        let amount = amount.min(state.line_payable[i]);
+        if amount <= 0 {
+            continue;
+        }
+        state.line_payable[i] -= amount;
+        let applied = Applied {
+            rule_id: rule_id.clone(),
+            label,
+            amount,
+            line_id: Some(priced.lines[i].id.clone()),
+            coupon_id: None,
+            points: 0,
+        };
+        priced.lines[i].applied.push(applied.clone());
+        if !catalog {
+            priced.applied.push(applied);
+        }
+    }
+    for (amount, label, coupon) in proposal.order {
+        let amount = amount.min(state.payable());
+        if amount <= 0 {
+            continue;
+        }
+        state.order_discount += amount;
+        if let Some(c) = &coupon {
+            state.coupons_used.insert(c.clone());
+        }
+        priced.applied.push(Applied {
+            rule_id: rule_id.clone(),
+            label,
+            amount,
+            line_id: None,
+            coupon_id: coupon,
+            points: 0,
+        });
+    }
+    if let Some((points, amount, label)) = proposal.points {
+        let amount = amount.min(state.payable());
+        if amount > 0 {
+            state.points_used += points;
+            state.points_amount += amount;
+            priced.applied.push(Applied {
+                rule_id: rule_id.clone(),
+                label,
+                amount,
+                line_id: None,
+                coupon_id: None,
+                points,
+            });
+        }
+    }
+    for hint in proposal.hints {
+        priced.hints.push(Hint {
+            rule_id: rule_id.clone(),
+            code: truncate(&hint.code),
+            message: hint.message.chars().take(300).collect(),
+            shortfall: hint.shortfall.filter(|s| *s > 0),
+        });
+    }
+}
+
+fn label(label: &str, fallback: &str) -> String {
+    let label = label.trim();
+    if label.is_empty() {
+        fallback.to_owned()
+    } else {
+        label.chars().take(120).collect()
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Item => "item",
+        Stage::Order => "order",
+        Stage::Coupon => "coupon",
+        Stage::Points => "points",
+    }
+}
+
+/// What a dry run reports.
+#[derive(Debug)]
+pub struct DryRun {
+    /// The outcome or the failure.
+    pub result: Result<wit::Outcome, Failure>,
+    /// The outcome as the host would apply it (validated and capped), when
+    /// the rule succeeded.
+    pub priced: Option<Priced>,
+    /// Fuel used.
+    pub fuel_used: u64,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+    /// Logs.
+    pub logs: Vec<LogEntry>,
+    /// Logs dropped over the bound.
+    pub logs_dropped: u32,
+}
+
+/// Runs one rule alone against a cart without recording anything.
+pub fn dry_run(host: &RuleHost, rule: &ActiveRule, cart: &mut wit::Cart) -> DryRun {
+    struct Quiet;
+    impl Observer for Quiet {
+        fn observed(&self, _: &ActiveRule, _: &Evaluation, _: Option<&FailureReason>) {}
+    }
+    let evaluation = host.evaluate(
+        &rule.compiled,
+        &rule.version.limits,
+        &rule.version.config,
+        cart,
+    );
+    let failure = |reason: FailureReason| Failure {
+        name: rule.name.clone(),
+        rule_id: rule.rule_id(),
+        code: reason.code(),
+        detail: reason.detail(),
+    };
+    let (result, priced) = match evaluation.result {
+        Ok(Ok(outcome)) => {
+            let mut solo = rule.clone();
+            let mut version = (*solo.version).clone();
+            version.failure_policy = FailurePolicy::Skip;
+            solo.version = Arc::new(version);
+            let referee = Referee {
+                host,
+                observer: &Quiet,
+            };
+            let priced = referee.price(std::slice::from_ref(&solo), cart).ok();
+            match priced.as_ref().and_then(|p| p.failures.first()) {
+                Some(f) => (Err(f.clone()), None),
+                None => (Ok(outcome), priced),
+            }
+        }
+        Ok(Err(error)) => (
+            Err(failure(FailureReason::RuleError(rule_error_text(&error)))),
+            None,
+        ),
+        Err(reason) => (Err(failure(reason)), None),
+    };
+    DryRun {
+        result,
+        priced,
+        fuel_used: evaluation.fuel_used,
+        elapsed: evaluation.elapsed,
+        logs: evaluation.logs,
+        logs_dropped: evaluation.logs_dropped,
+    }
+}

@@ -1,0 +1,486 @@
+//! The WebAssembly host: compiles rule components once, pre-links them, and runs
+//! each evaluation in a fresh store from the pooling allocator, under a fuel
+//! budget, a wall-clock deadline (epoch interruption) and a memory cap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter,
+    Store, Trap,
+};
+
+use super::model::{FailureReason, Limits};
+
+wasmtime::component::bindgen!({
+    path: "../components/wit",
+    world: "rule",
+});
+
+pub use mall::promotion::log::Level as LogLevel;
+pub use mall::promotion::types as wit;
+
+/// Largest component or core module accepted at publish.
+pub const MAX_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
+/// Longest log message kept; longer ones are truncated.
+const LOG_MESSAGE_BYTES: usize = 512;
+/// Largest memory a deployment may ask for.
+pub const MAX_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+/// How often the wall-clock backstop ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// One log entry a rule wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Severity.
+    pub level: LogLevel,
+    /// The message, truncated to the host's bound.
+    pub message: String,
+}
+
+/// Per-evaluation state inside a store.
+struct Sandbox {
+    memory_cap: usize,
+    memory_cap_hit: bool,
+    logs: Vec<LogEntry>,
+    max_logs: usize,
+    logs_dropped: u32,
+}
+
+impl ResourceLimiter for Sandbox {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_cap_hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl mall::promotion::log::Host for Sandbox {
+    fn write(&mut self, level: LogLevel, mut message: String) {
+        if self.logs.len() >= self.max_logs {
+            self.logs_dropped = self.logs_dropped.saturating_add(1);
+            return;
+        }
+        if message.len() > LOG_MESSAGE_BYTES {
+            let mut end = LOG_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        self.logs.push(LogEntry { level, message });
+    }
+}
+
+impl mall::promotion::types::Host for Sandbox {}
+
+/// Why a binary was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// Not WebAssembly, or a module that cannot be turned into a component.
+    #[error("not a valid WebAssembly component or core module: {0}")]
+    Malformed(String),
+    /// Valid WebAssembly, but not a `mall:promotion/rule@1.x` component.
+    #[error("the component does not implement the world mall:promotion/rule@1.0.0: {0}")]
+    WrongWorld(String),
+    /// Larger than the host accepts.
+    #[error("the component is {0} bytes; the limit is {MAX_COMPONENT_BYTES}")]
+    TooLarge(usize),
+}
+
+impl CompileError {
+    /// Stable code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CompileError::Malformed(_) => crate::error::code::INVALID_COMPONENT,
+            CompileError::WrongWorld(_) => crate::error::code::WRONG_WORLD,
+            CompileError::TooLarge(_) => crate::error::code::COMPONENT_TOO_LARGE,
+        }
+    }
+}
+
+/// A rule compiled and linked, ready to instantiate many times.
+pub struct CompiledRule {
+    /// Hex sha256 of the bytes as published (content address).
+    pub sha256: String,
+    /// Size of the published bytes.
+    pub size: usize,
+    pre: RulePre<Sandbox>,
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRule")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of running one rule once.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The rule's answer, or why there is none.
+    pub result: Result<Result<wit::Outcome, wit::RuleError>, FailureReason>,
+    /// Fuel the evaluation consumed (instantiation included).
+    pub fuel_used: u64,
+    /// Wall-clock time of instantiate + evaluate.
+    pub elapsed: Duration,
+    /// Log entries, bounded.
+    pub logs: Vec<LogEntry>,
+    /// Log entries dropped over the bound.
+    pub logs_dropped: u32,
+}
+
+/// The process-wide WebAssembly host: one engine, one linker.
+pub struct RuleHost {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    stop_ticker: Arc<AtomicBool>,
+    compiled: Mutex<HashMap<String, Arc<CompiledRule>>>,
+}
+
+static SHARED: OnceLock<Arc<RuleHost>> = OnceLock::new();
+
+impl std::fmt::Debug for RuleHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleHost").finish_non_exhaustive()
+    }
+}
+
+impl Drop for RuleHost {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sizing of the instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    /// Concurrent rule instances.
+    pub instances: u32,
+}
+
+impl RuleHost {
+    /// The process's host, built on first use with `pool` (later calls
+    /// share it: one engine, one linker, one cache of compiled rules per
+    /// process).
+    pub fn shared(pool: PoolSize) -> anyhow::Result<Arc<RuleHost>> {
+        if let Some(host) = SHARED.get() {
+            return Ok(host.clone());
+        }
+        let host = Arc::new(RuleHost::new(pool)?);
+        Ok(SHARED.get_or_init(|| host).clone())
+    }
+
+    /// Like [`RuleHost::compile`], reusing an earlier compilation of the
+    /// same bytes.
+    pub fn compile_cached(&self, bytes: &[u8]) -> Result<Arc<CompiledRule>, CompileError> {
+        let sha = sha256_hex(bytes);
+        if let Some(c) = self.compiled.lock().expect("compiled lock").get(&sha) {
+            return Ok(c.clone());
+        }
+        let compiled = Arc::new(self.compile(bytes)?);
+        self.compiled
+            .lock()
+            .expect("compiled lock")
+            .insert(sha, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Builds the engine (pooling allocator, fuel, epochs) and the linker, and
+    /// starts the epoch ticker.
+    pub fn new(pool: PoolSize) -> anyhow::Result<Self> {
+        let instances = pool.instances.max(1);
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(instances)
+            .total_core_instances(instances * 4)
+            .total_memories(instances)
+            .total_tables(instances * 2)
+            .max_core_instances_per_component(8)
+            .max_memories_per_component(1)
+            .max_tables_per_component(2)
+            .max_memory_size(MAX_MEMORY_BYTES as usize)
+            .table_elements(20_000)
+            .linear_memory_keep_resident(64 * 1024);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .memory_init_cow(true)
+            .memory_reservation(MAX_MEMORY_BYTES)
+            .memory_guard_size(64 * 1024)
+            .memory_reservation_for_growth(0)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        mall::promotion::log::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        thread::Builder::new()
+            .name("rule-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            stop_ticker,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compiles a component, or a core module carrying its component type
+    /// (as `cargo build --target wasm32-unknown-unknown` produces with
+    /// wit-bindgen), and checks that it targets the rule world.
+    pub fn compile(&self, bytes: &[u8]) -> Result<CompiledRule, CompileError> {
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(CompileError::TooLarge(bytes.len()));
+        }
+        let sha256 = sha256_hex(bytes);
+        let component_bytes = if wasmparser::Parser::is_component(bytes) {
+            std::borrow::Cow::Borrowed(bytes)
+        } else if wasmparser::Parser::is_core_wasm(bytes) {
+            wasmparser::Validator::new()
+                .validate_all(bytes)
+                .map_err(|e| CompileError::Malformed(first_line(&e.to_string())))?;
+            // The encoder reads custom sections written by the guest's
+            // toolchain; a hostile one must not take the node down.
+            let encoded = std::panic::catch_unwind(|| {
+                wit_component::ComponentEncoder::default()
+                    .module(bytes)
+                    .and_then(|e| e.validate(true).encode())
+            })
+            .map_err(|_| {
+                CompileError::Malformed("the module's component-type section is corrupt".into())
+            })?
+            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+            std::borrow::Cow::Owned(encoded)
+        } else {
+            return Err(CompileError::Malformed(
+                "the bytes do not start with the WebAssembly magic number".into(),
+            ));
+        };
+        let component = Component::new(&self.engine, &component_bytes)
+            .map_err(|e| CompileError::Malformed(first_line(&format!("{e:#}"))))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+        let pre = RulePre::new(instance_pre)
+            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+        Ok(CompiledRule {
+            sha256,
+            size: bytes.len(),
+            pre,
+        })
+    }
+
+    /// Runs `check-config` in a sandbox.
+    pub fn check_config(
+        &self,
+        rule: &CompiledRule,
+        limits: &Limits,
+        config: &str,
+    ) -> Result<Result<(), wit::RuleError>, FailureReason> {
+        let (mut store, _) = self.store(limits)?;
+        let instance = rule
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, e))?;
+        instance
+            .call_check_config(&mut store, config)
+            .map_err(|e| classify(&store, e))
+    }
+
+    /// Instantiates the rule in a fresh store and evaluates one batch.
+    pub fn evaluate(
+        &self,
+        rule: &CompiledRule,
+        limits: &Limits,
+        config: &str,
+        cart: &wit::Cart,
+    ) -> Evaluation {
+        let started = Instant::now();
+        let (mut store, fuel) = match self.store(limits) {
+            Ok(s) => s,
+            Err(reason) => {
+                return Evaluation {
+                    result: Err(reason),
+                    fuel_used: 0,
+                    elapsed: started.elapsed(),
+                    logs: Vec::new(),
+                    logs_dropped: 0,
+                };
+            }
+        };
+        let result = if input_size(cart) + config.len() > limits.max_input_bytes as usize {
+            Err(FailureReason::InputTooLarge)
+        } else {
+            match rule.pre.instantiate(&mut store) {
+                Ok(instance) => match instance.call_evaluate(&mut store, config, cart) {
+                    Ok(Ok(outcome)) => {
+                        if output_size(&outcome) > limits.max_output_bytes as usize {
+                            Err(FailureReason::OutputTooLarge)
+                        } else {
+                            Ok(Ok(outcome))
+                        }
+                    }
+                    Ok(Err(error)) => Ok(Err(error)),
+                    Err(e) => Err(classify(&store, e)),
+                },
+                Err(e) => Err(classify(&store, e)),
+            }
+        };
+        let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let sandbox = store.into_data();
+        Evaluation {
+            result,
+            fuel_used,
+            elapsed: started.elapsed(),
+            logs: sandbox.logs,
+            logs_dropped: sandbox.logs_dropped,
+        }
+    }
+
+    fn store(&self, limits: &Limits) -> Result<(Store<Sandbox>, u64), FailureReason> {
+        let mut store = Store::new(
+            &self.engine,
+            Sandbox {
+                memory_cap: limits.memory_bytes.min(MAX_MEMORY_BYTES) as usize,
+                memory_cap_hit: false,
+                logs: Vec::new(),
+                max_logs: limits.max_log_entries as usize,
+                logs_dropped: 0,
+            },
+        );
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|_| FailureReason::Instantiation)?;
+        let ticks = limits
+            .timeout_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64)
+            .max(1)
+            + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        Ok((store, limits.fuel))
+    }
+}
+
+/// Names what stopped an evaluation.
+fn classify(store: &Store<Sandbox>, error: wasmtime::Error) -> FailureReason {
+    if store.data().memory_cap_hit {
+        return FailureReason::OutOfMemory;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => FailureReason::OutOfFuel,
+        Some(Trap::Interrupt) => FailureReason::DeadlineExceeded,
+        Some(_) => FailureReason::Trap,
+        None => {
+            let text = format!("{error:#}");
+            if text.contains("pool") || text.contains("concurrency limit") {
+                FailureReason::Instantiation
+            } else {
+                FailureReason::Trap
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    line.chars().take(300).collect()
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn strings(items: &[String]) -> usize {
+    items.iter().map(|s| s.len() + 8).sum()
+}
+
+/// A close upper bound of the canonical-ABI size of the input.
+fn input_size(cart: &wit::Cart) -> usize {
+    let member = cart
+        .member
+        .as_ref()
+        .map_or(0, |m| m.id.len() + m.level.len() + strings(&m.tags) + 32);
+    let lines: usize = cart
+        .lines
+        .iter()
+        .map(|l| {
+            l.id.len() + l.sku.len() + l.store.len() + l.category.len() + strings(&l.tags) + 96
+        })
+        .sum();
+    let coupons: usize = cart
+        .held_coupons
+        .iter()
+        .map(|c| c.id.len() + c.title.len() + 48)
+        .sum();
+    64 + cart.tenant.len()
+        + cart.mall.len()
+        + member
+        + lines
+        + coupons
+        + strings(&cart.chosen_coupons)
+}
+
+/// A close upper bound of the canonical-ABI size of an outcome.
+fn output_size(outcome: &wit::Outcome) -> usize {
+    let lines: usize = outcome
+        .line_discounts
+        .iter()
+        .map(|d| d.line_id.len() + d.label.len() + 24)
+        .sum();
+    let orders: usize = outcome
+        .order_discounts
+        .iter()
+        .map(|d| d.label.len() + d.coupon_id.as_ref().map_or(0, String::len) + 32)
+        .sum();
+    let points = outcome.points.as_ref().map_or(0, |p| p.label.len() + 24);
+    let hints: usize = outcome
+        .hints
+        .iter()
+        .map(|h| h.code.len() + h.message.len() + 32)
+        .sum();
+    32 + lines + orders + points + hints
+}

@@ -1,0 +1,153 @@
+//! The embedded backend: one redb file, events in-process.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::broadcast;
+
+use super::{Event, Store, StoreError};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+/// A file-backed store for a single node.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    events: broadcast::Sender<Event>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+fn full_key(space: &str, key: &str) -> String {
+    format!("{space}\u{0}{key}")
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(StoreError::from_display)?;
+        let tx = db.begin_write().map_err(StoreError::from_display)?;
+        tx.open_table(KV).map_err(StoreError::from_display)?;
+        tx.commit().map_err(StoreError::from_display)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            db: Arc::new(db),
+            events,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(StoreError::from_display)?
+            .map_err(StoreError::from_display)
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = full_key(space, key);
+        self.blocking(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(KV)?;
+            Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn list(&self, space: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let start = format!("{space}\u{0}");
+        let end = format!("{space}\u{1}");
+        let skip = start.len();
+        self.blocking(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(KV)?;
+            let mut out = Vec::new();
+            for entry in table.range(start.as_str()..end.as_str())? {
+                let (k, v) = entry?;
+                out.push((k.value()[skip..].to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn compare_and_set(
+        &self,
+        space: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
+        let key = full_key(space, key);
+        let expected = expected.map(<[u8]>::to_vec);
+        let value = value.to_vec();
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let swapped = {
+                let mut table = tx.open_table(KV)?;
+                let current = table.get(key.as_str())?.map(|v| v.value().to_vec());
+                if current == expected {
+                    table.insert(key.as_str(), value.as_slice())?;
+                    true
+                } else {
+                    false
+                }
+            };
+            if swapped {
+                tx.commit()?;
+            } else {
+                tx.abort()?;
+            }
+            Ok(swapped)
+        })
+        .await
+    }
+
+    async fn delete(&self, space: &str, key: &str) -> Result<bool, StoreError> {
+        let key = full_key(space, key);
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let existed = tx.open_table(KV)?.remove(key.as_str())?.is_some();
+            tx.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError> {
+        // No receivers is fine.
+        let _ = self.events.send(Event::Message {
+            topic: topic.to_owned(),
+            payload: payload.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|db| {
+            db.begin_read()?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}

@@ -1,0 +1,98 @@
+//! The BFF's own state: a small key-value store with compare-and-set and
+//! change events, with an embedded file-backed backend (one box) and a Redis
+//! backend (many boxes). Both pass the same conformance suite.
+//!
+//! Data is kept in *spaces* (a Redis hash each; a key prefix in the embedded
+//! file). Events are broadcast to every node: in-process for the embedded
+//! store, over Redis pub/sub for Redis.
+
+mod embedded;
+mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use self::embedded::EmbeddedStore;
+pub use self::redis::RedisStore;
+
+/// A store failure. The message is for logs, never for clients.
+#[derive(Debug, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub(crate) fn from_display(e: impl std::fmt::Display) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A change event seen by every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message published on a topic.
+    Message {
+        /// Topic name.
+        topic: String,
+        /// Payload.
+        payload: String,
+    },
+    /// Events may have been missed (the subscription was re-established):
+    /// listeners should reload what they cache.
+    Resync,
+}
+
+/// The store's operations. Every write is atomic.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads one value.
+    async fn get(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every key and value of a space, sorted by key.
+    async fn list(&self, space: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Writes `value` only if the current value is `expected` (`None`: the key
+    /// must be absent). Returns `false`, writing nothing, on a mismatch.
+    async fn compare_and_set(
+        &self,
+        space: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, StoreError>;
+
+    /// Removes a key. Returns whether it existed.
+    async fn delete(&self, space: &str, key: &str) -> Result<bool, StoreError>;
+
+    /// Publishes an event to every node (this one included).
+    async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError>;
+
+    /// Subscribes to events.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// `"embedded"` or `"redis"`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Shared handle.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store the settings select: Redis when `redis_url` is set,
+/// otherwise the embedded file in `data_dir`.
+pub async fn open(
+    redis_url: Option<&str>,
+    namespace: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<SharedStore> {
+    match redis_url {
+        Some(url) => Ok(Arc::new(RedisStore::connect(url, namespace).await?)),
+        None => {
+            std::fs::create_dir_all(data_dir)?;
+            Ok(Arc::new(EmbeddedStore::open(&data_dir.join("bff.redb"))?))
+        }
+    }
+}
