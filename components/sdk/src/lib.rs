@@ -51,6 +51,13 @@ pub use bindings::mall::promotion::types::*;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(target_arch = "wasm32")]
+pub mod alloc;
+
+#[cfg(all(target_arch = "wasm32", feature = "bump-alloc"))]
+#[global_allocator]
+static ALLOCATOR: alloc::Bump = alloc::Bump::new();
+
 impl Outcome {
     /// An outcome that proposes nothing.
     pub fn empty() -> Self {
