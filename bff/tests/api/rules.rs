@@ -807,3 +807,114 @@ async fn mutations_over_get_are_refused() {
     let stats = rule_stats(&app, "member-price").await;
     assert_eq!(stats["status"], "ACTIVE");
 }
+
+async fn line_applied(
+    app: &TestApp,
+    product: &str,
+    token: Option<&str>,
+) -> (i64, Vec<(String, i64)>) {
+    let body = quote(
+        app,
+        json!({ "mallId": "mall-1", "items": [{ "productId": product, "quantity": 1 }] }),
+        token,
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let line = &body["data"]["quote"]["lines"][0];
+    (
+        line["payable"]["amount"].as_i64().unwrap(),
+        line["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["ruleId"].as_str().unwrap().to_owned(),
+                    a["amount"]["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_in_one_stacking_group_never_stack_and_others_do() {
+    let app = spawn_app().await;
+    let gold = app.token("member-1");
+    let (_, card) = app
+        .query("{ homeCard(mallId: \"mall-1\") { flashSale { id listPrice { amount } flashSale { price { amount } startsAt endsAt } } } }", None)
+        .await;
+    let sales = card["data"]["homeCard"]["flashSale"]
+        .as_array()
+        .unwrap()
+        .clone();
+
+    // The flash sale and the member price share a group: a gold member gets
+    // the better of the two on a flash-sale line, never both.
+    let flash = sales
+        .iter()
+        .find(|p| flash_active(p))
+        .unwrap_or_else(|| panic!("a running flash sale in mall-1: {card}"));
+    let list = flash["listPrice"]["amount"].as_i64().unwrap();
+    let sale = flash["flashSale"]["price"]["amount"].as_i64().unwrap();
+    let (payable, applied) = line_applied(&app, flash["id"].as_str().unwrap(), None).await;
+    assert_eq!(payable, sale, "anonymous visitors get the flash price");
+    assert_eq!(applied, vec![("flash-sale@1".to_owned(), list - sale)]);
+    let (payable, applied) = line_applied(&app, flash["id"].as_str().unwrap(), Some(&gold)).await;
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(payable, sale.min(list - list * 500 / 10000));
+
+    // A second member campaign outside the group stacks on the member price.
+    let plain = plain_products(&app).await;
+    let id = plain[0]["id"].as_str().unwrap().to_owned();
+    let list = plain[0]["listPrice"]["amount"].as_i64().unwrap();
+    deploy(
+        &app,
+        "rule_member_discount",
+        "vip-week",
+        "ITEM",
+        r#"{"levels":{"gold":1000},"label":"VIP week"}"#,
+        None,
+    )
+    .await;
+    let (payable, applied) = line_applied(&app, &id, Some(&gold)).await;
+    let after_member = list - list * 500 / 10000;
+    let expected = after_member - after_member * 1000 / 10000;
+    assert_eq!(payable, expected, "{applied:?}");
+    assert_eq!(applied.len(), 2);
+
+    // In the member price's group, only the better one applies.
+    let (_, up) = upload(&app, Some(&author(&app)), wasm("rule_member_discount")).await;
+    publish(
+        &app,
+        json!({ "name": "vip-week", "component": up["sha256"], "config": r#"{"levels":{"gold":1000},"label":"VIP week"}"#,
+                "stage": "ITEM", "stackingGroup": "item-price", "activate": true }),
+    )
+    .await;
+    let (payable, applied) = line_applied(&app, &id, Some(&gold)).await;
+    assert_eq!(
+        applied,
+        vec![("vip-week@2".to_owned(), list * 1000 / 10000)]
+    );
+    assert_eq!(payable, list - list * 1000 / 10000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_keeps_the_rule_versions_it_started_with() {
+    let app = spawn_app().await;
+    let tenant = bff::domain::TenantId::parse("demo").unwrap();
+    let before = app.state.pricing().snapshot(&tenant);
+    let (_, body) = app
+        .query(
+            "mutation { deactivateRule(name: \"member-price\") { status } }",
+            Some(&author(&app)),
+        )
+        .await;
+    assert_eq!(body["data"]["deactivateRule"]["status"], "INACTIVE");
+    let after = app.state.pricing().snapshot(&tenant);
+    assert!(
+        before.iter().any(|r| r.name == "member-price"),
+        "the old snapshot is unchanged"
+    );
+    assert!(!after.iter().any(|r| r.name == "member-price"));
+}
