@@ -241,6 +241,7 @@ fn active(host: &RuleHost, e: &Example, name: String, priority: i32) -> ActiveRu
             published_by: String::new(),
         }),
         compiled: host.compile_cached(&bytes).expect("example compiles"),
+        revision: 1,
     }
 }
 
@@ -339,6 +340,7 @@ fn main() {
         let referee = Referee {
             host: &host,
             observer: &Quiet,
+            budget: std::time::Duration::from_secs(5),
         };
         let mut check = cart.clone();
         let priced = referee.price(&rules, &mut check).expect("prices");

@@ -103,8 +103,12 @@ impl Default for StoreSettings {
 pub struct RulesSettings {
     /// Rule instances that may run at the same time (the instance pool).
     pub pool_instances: u32,
-    /// Failures in a row after which a deployment is quarantined.
+    /// Failures in a row after which a deployment is quarantined (also: 16
+    /// of its last 32 evaluations failed).
     pub quarantine_after: u32,
+    /// Wall-clock time all rules of one batch may take together; rules left
+    /// when it is spent are skipped (`BUDGET_EXHAUSTED`).
+    pub batch_budget_ms: u64,
     /// Publish and activate the example rules for the default tenant when it
     /// has no deployments yet (development only).
     pub demo_deployments: bool,
@@ -115,6 +119,7 @@ impl Default for RulesSettings {
         Self {
             pool_instances: 64,
             quarantine_after: 5,
+            batch_budget_ms: 250,
             demo_deployments: true,
         }
     }

@@ -48,6 +48,8 @@ pub mod code {
     pub const COMPONENT_TOO_LARGE: &str = "COMPONENT_TOO_LARGE";
     /// The rule refused the deployment's config.
     pub const INVALID_RULE_CONFIG: &str = "INVALID_RULE_CONFIG";
+    /// Too many requests of this kind at once; retry shortly.
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
     /// The object changed concurrently; retry.
     pub const CONFLICT: &str = "CONFLICT";
     /// Something failed inside the BFF; details are in its logs.

@@ -151,7 +151,10 @@ impl Application {
         }
         let state = AppState {
             inner: Arc::new(Inner {
-                pricing: Pricing::new(registry),
+                pricing: Pricing::new(
+                    registry,
+                    Duration::from_millis(settings.rules.batch_budget_ms),
+                ),
                 store,
                 schema: build_schema(&settings.graphql),
                 upstreams: Arc::new(upstreams),

@@ -24,6 +24,12 @@ use crate::product::{AppliedPromotion, Product};
 pub const MAX_CART_LINES: usize = 100;
 /// Most units of one line.
 pub const MAX_QUANTITY: i32 = 999;
+/// Largest unit price or bill (minor units): ¥1,000,000,000.
+pub const MAX_UNIT_PRICE: i64 = 100_000_000_000;
+/// Dry runs that may run at once on a node (they may use large limits).
+const DRY_RUNS_AT_ONCE: usize = 2;
+/// Longest sample-cart coupon or tag list.
+const MAX_SAMPLE_LIST: usize = 100;
 
 fn money(minor: i64) -> Money {
     Money::from_minor(minor.max(0)).unwrap_or(Money::ZERO)
@@ -773,8 +779,21 @@ async fn test_rule(
         name: input.deployment.clone().unwrap_or_else(|| "dry-run".into()),
         version: Arc::new(version),
         compiled,
+        revision: 0,
     };
+    super::registry::validate_limits(&rule.version.limits).map_err(ApiError::from)?;
     let mut cart = sample_cart(&tenant, &input.cart)?;
+    // Dry runs may use large limits: a few at a time per node, so they never
+    // crowd out the pool that prices real carts.
+    static DRY_RUNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DRY_RUNS_AT_ONCE);
+    let _permit = tokio::time::timeout(std::time::Duration::from_secs(5), DRY_RUNS.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(ApiError::Coded {
+            code: crate::error::code::RATE_LIMITED,
+            message: "too many dry runs at once; retry shortly".into(),
+        })?;
     let host_registry = registry.clone();
     let run = tokio::task::spawn_blocking(move || {
         engine::dry_run(host_registry.host(), &rule, &mut cart)
@@ -869,8 +888,19 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(bad("cart.lines.quantity", "must be between 1 and 999"));
         }
-        if l.unit_price < 0 {
-            return Err(bad("cart.lines.unitPrice", "must not be negative"));
+        if !(0..=MAX_UNIT_PRICE).contains(&l.unit_price) {
+            return Err(bad(
+                "cart.lines.unitPrice",
+                "must be between 0 and 100000000000",
+            ));
+        }
+        if let Some(f) = &l.flash_sale
+            && !(0..=MAX_UNIT_PRICE).contains(&f.price)
+        {
+            return Err(bad(
+                "cart.lines.flashSale.price",
+                "must be between 0 and 100000000000",
+            ));
         }
         let id = l.id.clone().unwrap_or_else(|| format!("line-{}", n + 1));
         if !ids.insert(id.clone()) {
@@ -892,8 +922,26 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
             }),
         });
     }
-    let payable = lines.iter().map(|l| l.payable).sum();
+    let payable = lines.iter().fold(0i64, |a, l| a.saturating_add(l.payable));
     let now = input.now.unwrap_or_else(Utc::now);
+    if input.held_coupons.len() > MAX_SAMPLE_LIST || input.chosen_coupons.len() > MAX_SAMPLE_LIST {
+        return Err(bad("cart.heldCoupons", "must have at most 100 coupons"));
+    }
+    if input.points_to_use < 0 || input.member.as_ref().is_some_and(|m| m.points < 0) {
+        return Err(bad("cart.pointsToUse", "points must not be negative"));
+    }
+    for c in &input.held_coupons {
+        let amounts_ok = c.min_spend >= 0
+            && c.amount_off
+                .is_none_or(|a| (0..=MAX_UNIT_PRICE).contains(&a))
+            && c.percent_off_bp.is_none_or(|bp| bp <= 10_000);
+        if !amounts_ok {
+            return Err(bad(
+                "cart.heldCoupons",
+                "amounts must not be negative and percentOffBp at most 10000",
+            ));
+        }
+    }
     Ok(wit::Cart {
         kind: match input.kind {
             Some(SampleKind::Catalog) => wit::BatchKind::Catalog,
@@ -1004,8 +1052,8 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
             }
         }
         (None, Some(amount)) => {
-            if !(1..=100_000_000).contains(&amount) {
-                return Err(bad("billAmount", "must be between 1 and 100000000"));
+            if !(1..=MAX_UNIT_PRICE).contains(&amount) {
+                return Err(bad("billAmount", "must be between 1 and 100000000000"));
             }
             let store_id = input
                 .store_id
@@ -1047,6 +1095,12 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
         }
     }
 
+    let subtotal = products.iter().fold(0i64, |a, (p, q)| {
+        a.saturating_add(p.list_price.minor().saturating_mul(i64::from(*q)))
+    });
+    if subtotal > MAX_UNIT_PRICE * 100 {
+        return Err(bad("items", "the cart's total is larger than allowed"));
+    }
     let (member, coupons) = match &member_id {
         Some(id) => {
             let (member, coupons) = futures::join!(req.loaders.member_now(id), async {

@@ -18,6 +18,8 @@ pub struct ActiveRule {
     pub version: Arc<Version>,
     /// Its compiled component.
     pub compiled: Arc<CompiledRule>,
+    /// The deployment record's revision this rule was loaded from.
+    pub revision: u64,
 }
 
 impl ActiveRule {
@@ -128,6 +130,9 @@ pub struct Referee<'a> {
     pub host: &'a RuleHost,
     /// Receives every evaluation.
     pub observer: &'a dyn Observer,
+    /// Wall-clock time all rules of one batch may take together; rules
+    /// left when it is spent fail with `BUDGET_EXHAUSTED`.
+    pub budget: Duration,
 }
 
 struct State {
@@ -140,7 +145,11 @@ struct State {
 
 impl State {
     fn payable(&self) -> i64 {
-        self.line_payable.iter().sum::<i64>() - self.order_discount - self.points_amount
+        self.line_payable
+            .iter()
+            .fold(0i64, |a, b| a.saturating_add(*b))
+            .saturating_sub(self.order_discount)
+            .saturating_sub(self.points_amount)
     }
 }
 
@@ -154,9 +163,14 @@ struct Proposal {
 
 impl Proposal {
     fn total(&self) -> i64 {
-        self.lines.iter().map(|l| l.1).sum::<i64>()
-            + self.order.iter().map(|o| o.0).sum::<i64>()
-            + self.points.as_ref().map_or(0, |p| p.1)
+        // Every amount was checked against a payable, so this cannot
+        // overflow; saturate anyway.
+        self.lines
+            .iter()
+            .map(|l| l.1)
+            .chain(self.order.iter().map(|o| o.0))
+            .chain(self.points.as_ref().map(|p| p.1))
+            .fold(0i64, i64::saturating_add)
     }
 }
 
@@ -188,7 +202,10 @@ impl Referee<'_> {
                     applied: Vec::new(),
                 })
                 .collect(),
-            subtotal: state.line_payable.iter().sum(),
+            subtotal: state
+                .line_payable
+                .iter()
+                .fold(0i64, |a, b| a.saturating_add(*b)),
             ..Priced::default()
         };
         let index: HashMap<&str, usize> = cart
@@ -214,6 +231,7 @@ impl Referee<'_> {
 
         // Group consecutive runs: a stacking group runs where its first member
         // (by stage, priority) would run; its members see the same state.
+        let started = std::time::Instant::now();
         let mut done: HashSet<&str> = HashSet::new();
         for (i, rule) in ordered.iter().enumerate() {
             if done.contains(rule.name.as_str()) {
@@ -234,7 +252,10 @@ impl Referee<'_> {
             let mut proposals = Vec::with_capacity(members.len());
             for member in &members {
                 done.insert(member.name.as_str());
-                if let Some(p) = self.run_one(member, cart, &state, &index, catalog, &mut priced)? {
+                let over_budget = started.elapsed() > self.budget;
+                if let Some(p) =
+                    self.run_one(member, cart, &state, &index, over_budget, &mut priced)?
+                {
                     proposals.push((*member, p));
                 }
             }
@@ -262,15 +283,26 @@ impl Referee<'_> {
         cart: &wit::Cart,
         state: &State,
         index: &HashMap<String, usize>,
-        catalog: bool,
+        over_budget: bool,
         priced: &mut Priced,
     ) -> Result<Option<Proposal>, RuleFailed> {
-        let evaluation = self.host.evaluate(
-            &rule.compiled,
-            &rule.version.limits,
-            &rule.version.config,
-            cart,
-        );
+        let catalog = matches!(cart.kind, wit::BatchKind::Catalog);
+        let evaluation = if over_budget {
+            Evaluation {
+                result: Err(FailureReason::BudgetExhausted),
+                fuel_used: 0,
+                elapsed: Duration::ZERO,
+                logs: Vec::new(),
+                logs_dropped: 0,
+            }
+        } else {
+            self.host.evaluate(
+                &rule.compiled,
+                &rule.version.limits,
+                &rule.version.config,
+                cart,
+            )
+        };
         let checked = match &evaluation.result {
             Ok(Ok(outcome)) => validate(rule, outcome, cart, state, index, catalog),
             Ok(Err(error)) => Err(FailureReason::RuleError(rule_error_text(error))),
@@ -356,7 +388,7 @@ fn validate(
             continue;
         }
         let total = per_line.entry(i).or_insert(0);
-        *total += d.amount;
+        *total = total.saturating_add(d.amount);
         if *total > state.line_payable[i] {
             return invalid(format!(
                 "discounts of {} on line {:?} exceed its payable {}",
@@ -384,21 +416,46 @@ fn validate(
             }
             if let Some(coupon) = &d.coupon_id {
                 let chosen = cart.chosen_coupons.iter().any(|c| c == coupon);
-                let held = cart.held_coupons.iter().any(|c| &c.id == coupon);
-                if !chosen || !held {
+                let held = cart.held_coupons.iter().find(|c| &c.id == coupon);
+                let Some(held) = held.filter(|_| chosen) else {
                     return invalid(format!(
                         "coupon {:?} was not chosen by the member or is not held",
                         truncate(coupon)
                     ));
-                }
+                };
                 if state.coupons_used.contains(coupon) || !coupons.insert(coupon) {
                     return invalid(format!("coupon {:?} redeemed twice", truncate(coupon)));
+                }
+                // What the host knows of the coupon bounds what it may take.
+                if held.expires_at <= cart.now {
+                    return invalid(format!("coupon {:?} has expired", truncate(coupon)));
+                }
+                if held.min_spend > payable_after_lines {
+                    return invalid(format!(
+                        "coupon {:?} needs a spend of {}; the payable is {payable_after_lines}",
+                        truncate(coupon),
+                        held.min_spend
+                    ));
+                }
+                let face = match held.value {
+                    wit::CouponValue::AmountOff(a) => a,
+                    wit::CouponValue::PercentOff(bp) => {
+                        (i128::from(payable_after_lines) * i128::from(bp.min(10_000)) / 10_000)
+                            as i64
+                    }
+                };
+                if d.amount > face {
+                    return invalid(format!(
+                        "coupon {:?} is worth at most {face}; the rule proposed {}",
+                        truncate(coupon),
+                        d.amount
+                    ));
                 }
             }
             if d.amount == 0 {
                 continue;
             }
-            order_total += d.amount;
+            order_total = order_total.saturating_add(d.amount);
             if order_total > payable_after_lines {
                 return invalid(format!(
                     "order discounts of {order_total} exceed the payable {payable_after_lines}"
@@ -417,7 +474,8 @@ fn validate(
             if p.points < 0 || p.amount < 0 {
                 return invalid("negative points offset".into());
             }
-            if p.points > balance || p.points > cart.points_to_use - state.points_used {
+            if p.points > balance || p.points > cart.points_to_use.saturating_sub(state.points_used)
+            {
                 return invalid(format!(
                     "points offset spends {} points; the member has {} and asked for {}",
                     p.points, balance, cart.points_to_use
@@ -462,7 +520,9 @@ fn cap(proposal: &mut Proposal, max: i64) {
     }
     if let Some(p) = &mut proposal.points {
         let cut = excess.min(p.1);
+        let before = p.1;
         p.1 -= cut;
+        p.0 = scaled_points(p.0, before, p.1);
         excess -= cut;
     }
     for o in proposal.order.iter_mut().rev() {
@@ -480,6 +540,15 @@ fn cap(proposal: &mut Proposal, max: i64) {
     if proposal.points.as_ref().is_some_and(|p| p.1 == 0) {
         proposal.points = None;
     }
+}
+
+/// Points for `after` of a points offset that spent `points` for `before`,
+/// rounded down (in the member's favour).
+fn scaled_points(points: i64, before: i64, after: i64) -> i64 {
+    if before <= 0 || after >= before {
+        return points;
+    }
+    (i128::from(points) * i128::from(after.max(0)) / i128::from(before)) as i64
 }
 
 /// Within a stacking group: per line, only the largest line discount stays;
@@ -572,8 +641,10 @@ fn apply(
             points: 0,
         });
     }
-    if let Some((points, amount, label)) = proposal.points {
-        let amount = amount.min(state.payable());
+    if let Some((points, proposed, label)) = proposal.points {
+        let amount = proposed.min(state.payable());
+        // Points pay for money: fewer of them when the money is reduced.
+        let points = scaled_points(points, proposed, amount);
         if amount > 0 {
             state.points_used += points;
             state.points_amount += amount;
@@ -664,6 +735,7 @@ pub fn dry_run(host: &RuleHost, rule: &ActiveRule, cart: &mut wit::Cart) -> DryR
             let referee = Referee {
                 host,
                 observer: &Quiet,
+                budget: Duration::from_secs(5),
             };
             let priced = referee.price(std::slice::from_ref(&solo), cart).ok();
             match priced.as_ref().and_then(|p| p.failures.first()) {

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
     ResourceLimiter, Store, Trap,
@@ -24,6 +24,200 @@ wasmtime::component::bindgen!({
 
 pub use mall::promotion::log::Level as LogLevel;
 pub use mall::promotion::types as wit;
+
+/// The rule's answer as read from its memory. Every string is charged to the
+/// evaluation's output budget *before* it is copied out, so a rule cannot make
+/// the host allocate more than its output cap by pointing many records at one
+/// large string.
+mod output {
+    use std::cell::Cell;
+
+    use wasmtime::ValRaw;
+    use wasmtime::component::__internal::{
+        CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext,
+    };
+    use wasmtime::component::{ComponentType, Lift};
+
+    use super::wit;
+
+    thread_local! {
+        /// Bytes the output may still take; `None` once exceeded.
+        static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Why lifting stopped.
+    pub const OVER_BUDGET: &str = "rule output exceeds its size limit";
+
+    /// Runs `f` with an output budget; reports whether it was exceeded.
+    pub fn with_budget<R>(bytes: usize, f: impl FnOnce() -> R) -> (R, bool) {
+        BUDGET.with(|b| b.set(Some(bytes)));
+        let result = f();
+        let exceeded = BUDGET.with(|b| b.replace(None)).is_none();
+        (result, exceeded)
+    }
+
+    fn charge(bytes: usize) -> wasmtime::Result<()> {
+        BUDGET.with(|b| match b.get() {
+            Some(left) if left >= bytes => {
+                b.set(Some(left - bytes));
+                Ok(())
+            }
+            _ => {
+                b.set(None);
+                wasmtime::bail!(OVER_BUDGET)
+            }
+        })
+    }
+
+    /// A string of the rule's output.
+    pub struct OutStr(pub String);
+
+    // SAFETY: the same canonical-ABI shape as `str`, to which every item
+    // defers.
+    unsafe impl ComponentType for OutStr {
+        type Lower = <str as ComponentType>::Lower;
+        const ABI: CanonicalAbiInfo = <str as ComponentType>::ABI;
+
+        fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+            <str as ComponentType>::typecheck(ty, types)
+        }
+    }
+
+    // SAFETY: defers to `String`'s lifting after checking the length.
+    unsafe impl Lift for OutStr {
+        fn linear_lift_from_flat(
+            cx: &mut LiftContext<'_>,
+            ty: InterfaceType,
+            src: &Self::Lower,
+        ) -> wasmtime::Result<Self> {
+            let raw: &[ValRaw; 2] = src;
+            charge(raw[1].get_u32() as usize + 16)?;
+            Ok(OutStr(<String as Lift>::linear_lift_from_flat(
+                cx, ty, src,
+            )?))
+        }
+
+        fn linear_lift_from_memory(
+            cx: &mut LiftContext<'_>,
+            ty: InterfaceType,
+            bytes: &[u8],
+        ) -> wasmtime::Result<Self> {
+            let len = bytes
+                .get(4..8)
+                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            charge(len as usize + 16)?;
+            Ok(OutStr(<String as Lift>::linear_lift_from_memory(
+                cx, ty, bytes,
+            )?))
+        }
+    }
+
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+    #[component(record)]
+    pub struct LineDiscount {
+        #[component(name = "line-id")]
+        line_id: OutStr,
+        amount: i64,
+        label: OutStr,
+    }
+
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+    #[component(record)]
+    pub struct OrderDiscount {
+        amount: i64,
+        label: OutStr,
+        #[component(name = "coupon-id")]
+        coupon_id: Option<OutStr>,
+    }
+
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+    #[component(record)]
+    pub struct PointsOffset {
+        points: i64,
+        amount: i64,
+        label: OutStr,
+    }
+
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+    #[component(record)]
+    pub struct Hint {
+        code: OutStr,
+        message: OutStr,
+        shortfall: Option<i64>,
+    }
+
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+    #[component(record)]
+    pub struct Outcome {
+        #[component(name = "line-discounts")]
+        line_discounts: Vec<LineDiscount>,
+        #[component(name = "order-discounts")]
+        order_discounts: Vec<OrderDiscount>,
+        points: Option<PointsOffset>,
+        hints: Vec<Hint>,
+    }
+
+    #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+    #[component(variant)]
+    pub enum RuleError {
+        #[component(name = "invalid-config")]
+        InvalidConfig(OutStr),
+        #[component(name = "failed")]
+        Failed(OutStr),
+    }
+
+    /// `evaluate` as the host calls it.
+    pub type Evaluate<'a> =
+        wasmtime::component::TypedFunc<(&'a str, &'a wit::Cart), (Result<Outcome, RuleError>,)>;
+
+    impl From<Outcome> for wit::Outcome {
+        fn from(o: Outcome) -> Self {
+            wit::Outcome {
+                line_discounts: o
+                    .line_discounts
+                    .into_iter()
+                    .map(|d| wit::LineDiscount {
+                        line_id: d.line_id.0,
+                        amount: d.amount,
+                        label: d.label.0,
+                    })
+                    .collect(),
+                order_discounts: o
+                    .order_discounts
+                    .into_iter()
+                    .map(|d| wit::OrderDiscount {
+                        amount: d.amount,
+                        label: d.label.0,
+                        coupon_id: d.coupon_id.map(|c| c.0),
+                    })
+                    .collect(),
+                points: o.points.map(|p| wit::PointsOffset {
+                    points: p.points,
+                    amount: p.amount,
+                    label: p.label.0,
+                }),
+                hints: o
+                    .hints
+                    .into_iter()
+                    .map(|h| wit::Hint {
+                        code: h.code.0,
+                        message: h.message.0,
+                        shortfall: h.shortfall,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<RuleError> for wit::RuleError {
+        fn from(e: RuleError) -> Self {
+            match e {
+                RuleError::InvalidConfig(m) => wit::RuleError::InvalidConfig(m.0),
+                RuleError::Failed(m) => wit::RuleError::Failed(m.0),
+            }
+        }
+    }
+}
 
 /// Largest component or core module accepted at publish.
 pub const MAX_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
@@ -50,6 +244,18 @@ struct Sandbox {
     logs: Vec<LogEntry>,
     max_logs: usize,
     logs_dropped: u32,
+}
+
+impl Sandbox {
+    fn new(limits: &Limits) -> Self {
+        Sandbox {
+            memory_cap: limits.memory_bytes.min(MAX_MEMORY_BYTES) as usize,
+            memory_cap_hit: false,
+            logs: Vec::new(),
+            max_logs: limits.max_log_entries as usize,
+            logs_dropped: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for Sandbox {
@@ -128,6 +334,7 @@ pub struct CompiledRule {
     /// Size of the published bytes.
     pub size: usize,
     pre: RulePre<Sandbox>,
+    evaluate: ComponentExportIndex,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -229,7 +436,7 @@ impl RuleHost {
             // (PAGEMAP_SCAN, Linux 6.7+) and keep them mapped: no page
             // faults on the next instantiation of the slot.
             .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(MAX_MEMORY_BYTES as usize)
+            .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 * 1024);
 
         let mut config = Config::new();
@@ -316,10 +523,31 @@ impl RuleHost {
             .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
         let pre = RulePre::new(instance_pre)
             .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+        let evaluate = component
+            .get_export_index(None, "evaluate")
+            .ok_or_else(|| CompileError::WrongWorld("no `evaluate` export".into()))?;
+        // The output types the host reads lazily must match the component's;
+        // checked once here so evaluations can skip the check.
+        let mut store = Store::new(&self.engine, Sandbox::new(&Limits::default()));
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store
+            .set_fuel(Limits::default().fuel)
+            .map_err(|e| CompileError::Malformed(first_line(&format!("{e:#}"))))?;
+        store.set_epoch_deadline(1_000);
+        let instance = pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+        instance
+            .get_typed_func::<(&str, &wit::Cart), (Result<output::Outcome, output::RuleError>,)>(
+                &mut store, &evaluate,
+            )
+            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
         Ok(CompiledRule {
             sha256,
             size: bytes.len(),
             pre,
+            evaluate,
         })
     }
 
@@ -364,18 +592,33 @@ impl RuleHost {
         let result = if input_size(cart) + config.len() > limits.max_input_bytes as usize {
             Err(FailureReason::InputTooLarge)
         } else {
-            match rule.pre.instantiate(&mut store) {
-                Ok(instance) => match instance.call_evaluate(&mut store, config, cart) {
-                    Ok(Ok(outcome)) => {
-                        if output_size(&outcome) > limits.max_output_bytes as usize {
-                            Err(FailureReason::OutputTooLarge)
-                        } else {
-                            Ok(Ok(outcome))
+            match rule.pre.instance_pre().instantiate(&mut store) {
+                Ok(instance) => {
+                    let func = instance
+                        .get_func(&mut store, rule.evaluate)
+                        .expect("checked at compile time");
+                    // SAFETY: the signature was checked with `get_typed_func`
+                    // when the rule was compiled.
+                    let typed: output::Evaluate<'_> =
+                        unsafe { wasmtime::component::TypedFunc::new_unchecked(func) };
+                    let (called, over) =
+                        output::with_budget(limits.max_output_bytes as usize, || {
+                            typed.call(&mut store, (config, cart))
+                        });
+                    match called {
+                        _ if over => Err(FailureReason::OutputTooLarge),
+                        Ok((Ok(outcome),)) => {
+                            let outcome = wit::Outcome::from(outcome);
+                            if output_size(&outcome) > limits.max_output_bytes as usize {
+                                Err(FailureReason::OutputTooLarge)
+                            } else {
+                                Ok(Ok(outcome))
+                            }
                         }
+                        Ok((Err(error),)) => Ok(Err(error.into())),
+                        Err(e) => Err(classify(&store, e)),
                     }
-                    Ok(Err(error)) => Ok(Err(error)),
-                    Err(e) => Err(classify(&store, e)),
-                },
+                }
                 Err(e) => Err(classify(&store, e)),
             }
         };
@@ -391,16 +634,7 @@ impl RuleHost {
     }
 
     fn store(&self, limits: &Limits) -> Result<(Store<Sandbox>, u64), FailureReason> {
-        let mut store = Store::new(
-            &self.engine,
-            Sandbox {
-                memory_cap: limits.memory_bytes.min(MAX_MEMORY_BYTES) as usize,
-                memory_cap_hit: false,
-                logs: Vec::new(),
-                max_logs: limits.max_log_entries as usize,
-                logs_dropped: 0,
-            },
-        );
+        let mut store = Store::new(&self.engine, Sandbox::new(limits));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store
             .set_fuel(limits.fuel)

@@ -26,6 +26,7 @@ use crate::product::Product;
 #[derive(Clone, Debug)]
 pub struct Pricing {
     registry: Arc<Registry>,
+    budget: std::time::Duration,
 }
 
 /// A line of a cart to quote.
@@ -59,9 +60,10 @@ pub struct CartRequest<'a> {
 }
 
 impl Pricing {
-    /// Wraps a started registry.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    /// Wraps a started registry; `budget` is the wall-clock time all rules
+    /// of one batch may take together.
+    pub fn new(registry: Arc<Registry>, budget: std::time::Duration) -> Self {
+        Self { registry, budget }
     }
 
     /// The registry.
@@ -135,6 +137,7 @@ impl Pricing {
             Referee {
                 host: self.registry.host(),
                 observer: &observer,
+                budget: self.budget,
             }
             .price(&rules, &mut cart)?
         };
@@ -159,6 +162,7 @@ impl Pricing {
         Referee {
             host: self.registry.host(),
             observer: &observer,
+            budget: self.budget,
         }
         .price(&rules, &mut cart)
     }
@@ -180,7 +184,7 @@ fn unpriced(cart: &wit::Cart) -> Priced {
         .lines
         .iter()
         .map(|l| {
-            let subtotal = l.unit_price * i64::from(l.quantity);
+            let subtotal = l.unit_price.saturating_mul(i64::from(l.quantity));
             engine::PricedLine {
                 id: l.id.clone(),
                 subtotal,
@@ -189,7 +193,7 @@ fn unpriced(cart: &wit::Cart) -> Priced {
             }
         })
         .collect();
-    let subtotal = lines.iter().map(|l| l.subtotal).sum();
+    let subtotal = lines.iter().fold(0i64, |a, l| a.saturating_add(l.subtotal));
     Priced {
         lines,
         subtotal,
@@ -232,7 +236,7 @@ pub fn build_cart(
             }
         })
         .collect();
-    let payable = lines.iter().map(|l| l.payable).sum();
+    let payable = lines.iter().fold(0i64, |a, l| a.saturating_add(l.payable));
     wit::Cart {
         kind,
         tenant: tenant.as_str().to_owned(),

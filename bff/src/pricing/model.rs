@@ -42,7 +42,7 @@ pub enum FailurePolicy {
 /// Sandbox limits of one deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, SimpleObject, InputObject)]
 #[graphql(input_name = "LimitsInput")]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Limits {
     /// Fuel per evaluation (about one unit per WebAssembly instruction).
     pub fuel: u64,
@@ -96,6 +96,8 @@ pub enum FailureReason {
     RuleError(String),
     /// The rule could not be instantiated (pool exhausted, missing binary).
     Instantiation,
+    /// The batch's time budget was spent by the rules before this one.
+    BudgetExhausted,
 }
 
 impl FailureReason {
@@ -111,6 +113,7 @@ impl FailureReason {
             FailureReason::InvalidOutput(_) => "INVALID_OUTPUT",
             FailureReason::RuleError(_) => "RULE_ERROR",
             FailureReason::Instantiation => "INSTANTIATION_FAILED",
+            FailureReason::BudgetExhausted => "BUDGET_EXHAUSTED",
         }
     }
 
@@ -126,6 +129,9 @@ impl FailureReason {
             FailureReason::InvalidOutput(why) => why.clone(),
             FailureReason::RuleError(why) => why.clone(),
             FailureReason::Instantiation => "the rule could not be instantiated".into(),
+            FailureReason::BudgetExhausted => {
+                "the rules before this one used up the batch's time budget".into()
+            }
         }
     }
 }
@@ -149,7 +155,7 @@ pub enum Channel {
     Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, SimpleObject, InputObject,
 )]
 #[graphql(input_name = "ScopeInput")]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Scope {
     /// Malls the rule applies in (empty: every mall of the tenant).
     pub malls: Vec<String>,
@@ -173,7 +179,6 @@ impl Scope {
 
 /// One published version of a deployment: immutable once written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Version {
     /// 1, 2, 3, … within the deployment.
     pub version: u32,
@@ -214,7 +219,6 @@ pub enum DeploymentStatus {
 
 /// A named rule deployment of one tenant, with its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Deployment {
     /// Tenant that owns it.
     pub tenant: String,

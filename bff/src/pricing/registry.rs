@@ -26,6 +26,8 @@ const DEPLOYMENTS: &str = "rule-deployments";
 const TOPIC: &str = "rules";
 /// Most deployments one tenant may have.
 pub const MAX_DEPLOYMENTS_PER_TENANT: usize = 500;
+/// Most components one tenant may upload.
+pub const MAX_COMPONENTS_PER_TENANT: usize = 200;
 /// Most versions kept per deployment.
 pub const MAX_VERSIONS: usize = 100;
 /// Largest settings string.
@@ -111,7 +113,16 @@ pub struct RuleStats {
     pub last_failure_detail: Option<String>,
     /// Fuel used by the last evaluation.
     pub last_fuel: u64,
+    /// Outcomes of the last 32 evaluations, newest in bit 0 (1: failed).
+    pub recent: u32,
+    /// The deployment revision these counts follow (a change starts a new
+    /// streak).
+    pub revision: u64,
 }
+
+/// Failures among the last 32 evaluations that quarantine a rule even when
+/// it sometimes succeeds.
+const RECENT_FAILURES: u32 = 16;
 
 #[derive(Default)]
 struct Tracker {
@@ -265,6 +276,7 @@ impl Registry {
                     name: d.name.clone(),
                     version: Arc::new(version.clone()),
                     compiled,
+                    revision: d.revision,
                 }),
                 Err(error) => tracing::error!(
                     deployment = %deployment_key(&d.tenant, &d.name),
@@ -324,12 +336,27 @@ impl Registry {
                 .expect("compiled lock")
                 .insert(sha.clone(), compiled);
         }
+        let owner = format!("{tenant}/{sha}");
+        if self.store.get(OWNERS, &owner).await?.is_none() {
+            let prefix = format!("{tenant}/");
+            let held = self
+                .store
+                .list(OWNERS)
+                .await?
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .count();
+            if held >= MAX_COMPONENTS_PER_TENANT {
+                return Err(RegistryError::Invalid(format!(
+                    "a tenant may hold at most {MAX_COMPONENTS_PER_TENANT} components"
+                )));
+            }
+        }
         if self.store.get(COMPONENTS, &sha).await?.is_none() {
             self.store
                 .compare_and_set(COMPONENTS, &sha, None, &bytes)
                 .await?;
         }
-        let owner = format!("{tenant}/{sha}");
         if self.store.get(OWNERS, &owner).await?.is_none() {
             self.store
                 .compare_and_set(OWNERS, &owner, None, Utc::now().to_rfc3339().as_bytes())
@@ -582,12 +609,18 @@ impl Registry {
         tenant: &str,
         name: &str,
         version: u32,
+        revision: u64,
         reason: String,
     ) -> Result<(), RegistryError> {
         let result = self
             .update(tenant, name, |current| {
                 let mut d = current.ok_or_else(|| not_found(name))?;
-                if d.status != DeploymentStatus::Active || d.active_version != Some(version) {
+                // Only the record the failures were seen on: a re-activation
+                // since then starts afresh.
+                if d.status != DeploymentStatus::Active
+                    || d.active_version != Some(version)
+                    || d.revision != revision
+                {
                     return Err(RegistryError::Conflict);
                 }
                 d.status = DeploymentStatus::Quarantined;
@@ -632,9 +665,16 @@ impl Registry {
                 .compare_and_set(DEPLOYMENTS, &key, raw.as_deref(), &bytes)
                 .await?
             {
-                // This node sees its own change at once; the others on the event.
-                self.reload_tenant(tenant).await?;
-                self.store.publish(TOPIC, &key).await?;
+                // The change is committed. This node sees it at once, the
+                // others on the event (or the periodic reload if the event is
+                // lost); neither failing undoes the change, so neither is
+                // reported as its failure.
+                if let Err(error) = self.reload_tenant(tenant).await {
+                    tracing::warn!(%error, "reload after a registry change failed");
+                }
+                if let Err(error) = self.store.publish(TOPIC, &key).await {
+                    tracing::warn!(%error, "announcing a registry change failed");
+                }
                 return Ok(next);
             }
         }
@@ -693,38 +733,68 @@ impl Observer for TenantObserver {
         let quarantine = {
             let mut tracker = registry.tracker.lock().expect("tracker lock");
             let stats = tracker.stats.entry(key.clone()).or_default();
+            let fresh = stats.revision != rule.revision;
+            if fresh {
+                // Re-activated (here or on another node): a new streak.
+                stats.revision = rule.revision;
+                stats.consecutive_failures = 0;
+                stats.recent = 0;
+            }
             stats.evaluations += 1;
             stats.last_fuel = evaluation.fuel_used;
-            match failure {
+            let verdict = match failure {
                 None => {
                     stats.consecutive_failures = 0;
+                    stats.recent <<= 1;
                     false
                 }
                 Some(reason) => {
                     stats.failures += 1;
-                    stats.consecutive_failures += 1;
                     stats.last_failure = Some(reason.code());
                     stats.last_failure_detail = Some(reason.detail());
-                    stats.consecutive_failures >= registry.quarantine_after
-                        && tracker.quarantining.insert(key)
+                    // Failures the rule did not cause (a busy pool, a cart
+                    // over its input cap) are counted but do not quarantine
+                    // it. Fail-closed rules are never quarantined: nothing
+                    // may be priced without them.
+                    let its_own = !matches!(
+                        reason,
+                        FailureReason::Instantiation
+                            | FailureReason::InputTooLarge
+                            | FailureReason::BudgetExhausted
+                    );
+                    if its_own {
+                        stats.consecutive_failures += 1;
+                        stats.recent = (stats.recent << 1) | 1;
+                    } else {
+                        stats.recent <<= 1;
+                    }
+                    its_own
+                        && rule.version.failure_policy != FailurePolicy::FailClosed
+                        && (stats.consecutive_failures >= registry.quarantine_after
+                            || stats.recent.count_ones() >= RECENT_FAILURES)
                 }
+            };
+            if fresh {
+                tracker.quarantining.remove(&key);
             }
+            verdict && tracker.quarantining.insert(key)
         };
         if quarantine {
             let reason = failure
                 .map(|r| format!("{} ({})", r.code(), r.detail()))
                 .unwrap_or_default();
-            let reason = format!(
-                "{} failures in a row; last: {reason}",
-                registry.quarantine_after
-            );
+            let reason = format!("repeated failures; last: {reason}");
             let registry = registry.clone();
             let tenant = self.tenant.clone();
             let name = rule.name.clone();
             let version = rule.version.version;
+            let revision = rule.revision;
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    if let Err(error) = registry.quarantine(&tenant, &name, version, reason).await {
+                    if let Err(error) = registry
+                        .quarantine(&tenant, &name, version, revision, reason)
+                        .await
+                    {
                         tracing::error!(%error, "quarantine failed");
                     }
                 });
@@ -753,7 +823,8 @@ fn validate_name(name: &str) -> Result<(), RegistryError> {
     }
 }
 
-fn validate_limits(limits: &Limits) -> Result<(), RegistryError> {
+/// Checks limits are within what the host allows.
+pub fn validate_limits(limits: &Limits) -> Result<(), RegistryError> {
     let checks: [(bool, &str); 6] = [
         (
             (10_000..=1_000_000_000).contains(&limits.fuel),

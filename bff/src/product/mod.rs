@@ -81,6 +81,9 @@ pub struct Price {
 pub struct PriceBook {
     prices: Mutex<HashMap<ProductId, Price>>,
     snapshot: OnceLock<Arc<Vec<ActiveRule>>>,
+    /// A fail-closed rule failed: every price of this request reports it
+    /// instead of trying again product by product.
+    failed: OnceLock<String>,
 }
 
 impl PriceBook {
@@ -119,6 +122,9 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
     if todo.is_empty() {
         return Ok(());
     }
+    if let Some(rule) = req.prices.failed.get() {
+        return Err(ApiError::RuleFailed { rule: rule.clone() });
+    }
     let tenant = req.principal.tenant();
     let member = match req.principal.member() {
         Some(id) => req.loaders.member_now(id).await?,
@@ -140,8 +146,11 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
                 member.as_ref(),
                 &products,
             )
-            .map_err(|failed| ApiError::RuleFailed {
-                rule: failed.rule_id,
+            .map_err(|failed| {
+                let _ = req.prices.failed.set(failed.rule_id.clone());
+                ApiError::RuleFailed {
+                    rule: failed.rule_id,
+                }
             })?;
         let mut book = req.prices.prices.lock().expect("price book lock");
         for p in products {

@@ -442,27 +442,34 @@ async fn a_second_node_sharing_redis_sees_an_activation_within_a_second() {
     let plain = plain_products(&b).await;
     let id = plain[0]["id"].clone();
     let list = plain[0]["listPrice"]["amount"].as_i64().unwrap();
+    let member_price = list - list * 500 / 10000;
+    // Both nodes load the same registry (installed once, by the first).
+    assert_eq!(gold_price_of(&b, &id).await, member_price);
 
-    let (_, body) = a
-        .query(
+    // A change on A reaches B within a second, both ways.
+    for (mutation, expected) in [
+        (
             "mutation { deactivateRule(name: \"member-price\") { status } }",
-            Some(&author(&a)),
-        )
-        .await;
-    assert_eq!(
-        body["data"]["deactivateRule"]["status"], "INACTIVE",
-        "{body}"
-    );
-    let started = Instant::now();
-    loop {
-        if gold_price_of(&b, &id).await == list {
-            break;
+            list,
+        ),
+        (
+            "mutation { activateRule(name: \"member-price\") { status } }",
+            member_price,
+        ),
+    ] {
+        let (_, body) = a.query(mutation, Some(&author(&a))).await;
+        assert!(body["errors"].is_null(), "{body}");
+        let started = Instant::now();
+        loop {
+            if gold_price_of(&b, &id).await == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "node B did not see `{mutation}` within a second"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "node B still applies the member price"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -562,6 +569,20 @@ async fn a_huge_output_is_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_output_that_aliases_one_big_string_is_rejected_before_it_is_copied() {
+    // 20,000 hints sharing one 1 MiB message: 2 MiB in the guest, 20 GiB if
+    // the host copied each one. The node must stay up and refuse it.
+    contained(
+        "hostile_huge_output",
+        "ORDER",
+        "alias:20000",
+        Some(limits(1_000_000_000, 64 << 20, 1000)),
+        "OUTPUT_TOO_LARGE",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_discount_on_an_unknown_line_is_invalid() {
     contained(
         "hostile_invalid",
@@ -628,6 +649,18 @@ async fn a_fail_closed_rule_that_fails_refuses_the_quote() {
     .await;
     assert_eq!(codes(&body), vec!["RULE_FAILED"], "{body}");
     assert_eq!(body["errors"][0]["extensions"]["rule"], "must-apply@1");
+    // It keeps refusing: a fail-closed rule is never quarantined away.
+    for _ in 0..6 {
+        let body = quote(
+            &app,
+            json!({ "mallId": "mall-1", "items": [{ "productId": plain[0]["id"], "quantity": 1 }] }),
+            None,
+        )
+        .await;
+        assert_eq!(codes(&body), vec!["RULE_FAILED"]);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rule_stats(&app, "must-apply").await["status"], "ACTIVE");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -901,9 +934,48 @@ async fn rules_in_one_stacking_group_never_stack_and_others_do() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_keeps_the_rule_versions_it_started_with() {
+    use bff::domain::{MallId, MemberId, Money, ProductId, StoreId, TenantId};
+    use bff::pricing::model::Channel;
+
     let app = spawn_app().await;
-    let tenant = bff::domain::TenantId::parse("demo").unwrap();
-    let before = app.state.pricing().snapshot(&tenant);
+    let tenant = TenantId::parse("demo").unwrap();
+    let product = bff::product::Product {
+        id: ProductId::parse("sku-x").unwrap(),
+        name: "X".into(),
+        mall_id: MallId::parse("mall-1").unwrap(),
+        store_id: StoreId::parse("store-1").unwrap(),
+        category: "food".into(),
+        tags: vec![],
+        list_price: Money::from_minor(10_000).unwrap(),
+        stock: 1,
+        flash_sale: None,
+    };
+    let member = bff::member::Member {
+        id: MemberId::parse("member-1").unwrap(),
+        nickname: "m".into(),
+        level: "GOLD".into(),
+        points: 0,
+        wallet: Money::ZERO,
+        tags: vec![],
+    };
+    let price = |snapshot: &[bff::pricing::engine::ActiveRule]| {
+        app.state
+            .pricing()
+            .price_catalog(
+                snapshot,
+                &tenant,
+                "mall-1",
+                Channel::App,
+                Some(&member),
+                &[&product],
+            )
+            .unwrap()["sku-x"]
+            .payable
+    };
+    // A request takes its snapshot when it starts pricing...
+    let in_flight = app.state.pricing().snapshot(&tenant);
+    assert_eq!(price(&in_flight), 9_500);
+    // ...the rule is deactivated meanwhile...
     let (_, body) = app
         .query(
             "mutation { deactivateRule(name: \"member-price\") { status } }",
@@ -911,10 +983,112 @@ async fn a_request_keeps_the_rule_versions_it_started_with() {
         )
         .await;
     assert_eq!(body["data"]["deactivateRule"]["status"], "INACTIVE");
-    let after = app.state.pricing().snapshot(&tenant);
+    // ...and it still finishes on the version it started with, while new
+    // requests see the change.
+    assert_eq!(price(&in_flight), 9_500);
+    assert_eq!(price(&app.state.pricing().snapshot(&tenant)), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_cap_reduces_what_its_rule_takes() {
+    let app = spawn_app().await;
+    let gold = app.token("member-1");
+    let plain = plain_products(&app).await;
+    let p = plain
+        .iter()
+        .find(|p| p["listPrice"]["amount"].as_i64().unwrap() > 2_000)
+        .unwrap();
+    let list = p["listPrice"]["amount"].as_i64().unwrap();
+    let mut capped = limits(5_000_000, 4 << 20, 50);
+    capped["maxDiscount"] = json!(300);
+    deploy(
+        &app,
+        "rule_member_discount",
+        "half-price",
+        "ITEM",
+        r#"{"levels":{"gold":5000}}"#,
+        Some(capped),
+    )
+    .await;
+    let (payable, applied) = line_applied(&app, p["id"].as_str().unwrap(), Some(&gold)).await;
+    let after_member = list - list * 500 / 10000;
     assert!(
-        before.iter().any(|r| r.name == "member-price"),
-        "the old snapshot is unchanged"
+        applied.contains(&("half-price@1".to_owned(), 300)),
+        "{applied:?}"
     );
-    assert!(!after.iter().any(|r| r.name == "member-price"));
+    assert_eq!(payable, after_member - 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_discount_above_the_payable_is_invalid() {
+    contained(
+        "hostile_invalid",
+        "ORDER",
+        "over-order",
+        None,
+        "INVALID_OUTPUT",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spending_points_the_member_does_not_have_is_invalid() {
+    contained(
+        "hostile_invalid",
+        "POINTS",
+        "points-overdraw",
+        None,
+        "INVALID_OUTPUT",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_author_cannot_dry_run_another_tenants_component_or_deployment() {
+    let app = spawn_app().await;
+    let (_, mine) = app
+        .query(
+            "{ ruleDeployment(name: \"member-price\") { active { component } } }",
+            Some(&author(&app)),
+        )
+        .await;
+    let sha = mine["data"]["ruleDeployment"]["active"]["component"].clone();
+    let other = app.token_for("other", "author-9", Role::RuleAuthor);
+    for input in [
+        json!({ "component": sha, "config": "{}", "cart": { "lines": [ { "unitPrice": 100 } ] } }),
+        json!({ "deployment": "member-price", "cart": { "lines": [ { "unitPrice": 100 } ] } }),
+    ] {
+        let (_, body) = app
+            .query_vars(
+                "query($i: TestRuleInput!) { testRule(input: $i) { ok } }",
+                json!({ "i": input }),
+                Some(&other),
+            )
+            .await;
+        assert_eq!(codes(&body), vec!["NOT_FOUND"], "{body}");
+    }
+    let (_, body) = app
+        .query(
+            "{ ruleDeployment(name: \"member-price\") { stats { evaluations } } }",
+            Some(&other),
+        )
+        .await;
+    assert_eq!(body["data"]["ruleDeployment"], Value::Null, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_refuse_limits_beyond_the_hosts() {
+    let app = spawn_app().await;
+    let (_, up) = upload(&app, Some(&author(&app)), wasm("hostile_loop")).await;
+    let mut huge = limits(1_000_000_000, 4 << 20, 1000);
+    huge["maxLogEntries"] = json!(4_000_000_000u64);
+    let (_, body) = app
+        .query_vars(
+            "query($i: TestRuleInput!) { testRule(input: $i) { ok } }",
+            json!({ "i": { "component": up["sha256"], "config": "", "limits": huge,
+                           "cart": { "lines": [ { "unitPrice": 100 } ] } } }),
+            Some(&author(&app)),
+        )
+        .await;
+    assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
 }

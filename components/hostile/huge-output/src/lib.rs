@@ -6,7 +6,9 @@
 //! * blank — 5,000 hints, each with a 100-byte message (~500 KB of text);
 //! * `hints:N` — N such hints;
 //! * `label:N` — one discount whose label is N bytes (a line discount of 1 on
-//!   the first line, or an order discount of 1 when there are no lines).
+//!   the first line, or an order discount of 1 when there are no lines);
+//! * `alias:N` — N hints whose messages all point at the *same* 1 MiB of
+//!   memory: small in the guest, N MiB if the host copied each one.
 
 use promotion_sdk::{Cart, Guest, Hint, LineDiscount, OrderDiscount, Outcome, RuleError};
 
@@ -16,6 +18,7 @@ const MESSAGE_BYTES: usize = 100;
 enum Mode {
     Hints(usize),
     Label(usize),
+    Alias(usize),
 }
 
 fn mode(config: &str) -> Result<Mode, RuleError> {
@@ -30,9 +33,11 @@ fn mode(config: &str) -> Result<Mode, RuleError> {
         number(n).map(Mode::Hints)
     } else if let Some(n) = config.strip_prefix("label:") {
         number(n).map(Mode::Label)
+    } else if let Some(n) = config.strip_prefix("alias:") {
+        number(n).map(Mode::Alias)
     } else {
         Err(RuleError::InvalidConfig(
-            "expected blank, \"hints:N\" or \"label:N\"".into(),
+            "expected blank, \"hints:N\", \"label:N\" or \"alias:N\"".into(),
         ))
     }
 }
@@ -54,6 +59,27 @@ impl Guest for Rule {
                     outcome.hints.push(Hint {
                         code: "huge".into(),
                         message: filler.clone(),
+                        shortfall: None,
+                    });
+                }
+            }
+            Mode::Alias(n) => {
+                let shared = core::mem::ManuallyDrop::new("x".repeat(1 << 20));
+                outcome.hints.reserve_exact(n);
+                for _ in 0..n {
+                    // SAFETY (of the guest): every hint borrows the same
+                    // buffer and nothing ever frees it (the SDK's allocator
+                    // never frees); this is the attack, not a pattern.
+                    let message = unsafe {
+                        String::from_raw_parts(
+                            shared.as_ptr() as *mut u8,
+                            shared.len(),
+                            shared.len(),
+                        )
+                    };
+                    outcome.hints.push(Hint {
+                        code: "alias".into(),
+                        message,
                         shortfall: None,
                     });
                 }
