@@ -354,8 +354,8 @@ function rowCells(d) {
     h('td', { testid: 'stage' }, v ? v.stage : '—'),
     h('td', { class: 'num', testid: 'priority' }, v ? v.priority : '—'),
     h('td', { testid: 'stacking-group' }, v && v.stackingGroup ? v.stackingGroup : h('span', { class: 'muted' }, '—')),
-    h('td', { class: 'num', testid: 'evaluations' }, count(stats.evaluations)),
-    h('td', { class: `num${stats.failures ? ' bad' : ''}`, testid: 'failures' }, count(stats.failures)),
+    h('td', { class: 'num', testid: 'evaluations', dataset: { value: stats.evaluations ?? '' } }, count(stats.evaluations)),
+    h('td', { class: `num${stats.failures ? ' bad' : ''}`, testid: 'failures', dataset: { value: stats.failures ?? '' } }, count(stats.failures)),
     h('td', {}, failure),
     h('td', { class: 'actions' },
       act('Activate', 'activate', `Activate the latest version of ${d.name}${latest ? ` (v${latest})` : ''}`,
@@ -386,6 +386,7 @@ function renderDeployments() {
     }
     row.dataset.name = d.name;
     row.dataset.status = d.status;
+    row.dataset.activeVersion = d.activeVersion ?? '';
     row.classList.toggle('selected', state.selected === d.name);
     if (state.selected === d.name) row.setAttribute('aria-current', 'true');
     else row.removeAttribute('aria-current');
@@ -519,7 +520,7 @@ function renderDetail() {
     ? h('div', {},
       h('dl', { class: 'kv' }, ...kv([
         ['Version', `v${a.version}`],
-        ['Component', h('code', { class: 'sha' }, a.component)],
+        ['Component', h('code', { class: 'sha', testid: 'active-component' }, a.component)],
         ['Stage · priority', `${a.stage} · ${a.priority}`],
         ['Stacking group', a.stackingGroup || '—'],
         ['On failure', a.failurePolicy],
@@ -539,7 +540,7 @@ function renderDetail() {
       h('td', { class: 'num' }, v.priority),
       h('td', {}, v.stackingGroup || '—'),
       h('td', {}, v.failurePolicy),
-      h('td', {}, h('code', { title: v.component }, shortSha(v.component))),
+      h('td', {}, h('code', { title: v.component, testid: 'version-component' }, shortSha(v.component))),
       h('td', {}, h('code', { class: 'config-inline', title: v.config }, v.config)),
       h('td', {}, when(v.publishedAt), v.publishedBy ? h('div', { class: 'muted' }, `by ${v.publishedBy}`) : null),
       h('td', { class: 'actions' },

@@ -1,8 +1,8 @@
 // Browser test of the rule console, in real headless Chromium.
 // Needs CONSOLE_URL (a running BFF with the demo tenant's five demo
-// deployments), RULE_WASM (a valid rule module) and WRONG_WORLD_WASM (a
-// module that is not a rule); the Rust API test `console::...` starts the
-// BFF and runs this file.
+// deployments), RULE_WASM (a valid rule module), WRONG_WORLD_WASM (a
+// module that is not a rule) and PANIC_WASM (a rule whose evaluate panics);
+// the Rust API test `console::...` starts the BFF and runs this file.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -14,19 +14,27 @@ const BFF_URL = process.env.CONSOLE_URL;
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const RULE_WASM = process.env.RULE_WASM;
 const WRONG_WORLD_WASM = process.env.WRONG_WORLD_WASM;
+const PANIC_WASM = process.env.PANIC_WASM;
 const DEMO_DEPLOYMENTS = ['flash-sale', 'member-price', 'spend-200-save-30', 'coupons', 'points'];
 const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
 const TIMEOUT = 20_000;
+/** How long a deployment may take to show as quarantined after its 5th failure. */
+const QUARANTINE_WITHIN_MS = 3_000;
+/** The quote the test makes itself (anonymous: the demo tenant), a bill at a store. */
+const QUOTE = 'query($c: CartInput!){ quote(input:$c){ payable { amount } } }';
+const BILL = { c: { mallId: 'mall-1', storeId: 'store-1', billAmount: 10000 } };
 
 const row = (name) => `[data-testid=deployment-row][data-name="${name}"]`;
 
-test('the rule console lists, toggles, dry-runs, uploads and publishes rules', { timeout: 180_000 }, async () => {
+test('the rule console lists, toggles, dry-runs, uploads, publishes, rolls back and un-quarantines rules', { timeout: 180_000 }, async () => {
   assert.ok(BFF_URL, 'CONSOLE_URL must point at a running BFF');
   assert.ok(RULE_WASM, 'RULE_WASM must name a valid rule module');
   assert.ok(WRONG_WORLD_WASM, 'WRONG_WORLD_WASM must name a module that is not a rule');
+  assert.ok(PANIC_WASM, 'PANIC_WASM must name a rule module whose evaluate panics');
   // Fail early and clearly if the fixtures are missing.
   readFileSync(RULE_WASM);
   readFileSync(WRONG_WORLD_WASM);
+  readFileSync(PANIC_WASM);
 
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -41,6 +49,56 @@ test('the rule console lists, toggles, dry-runs, uploads and publishes rules', {
   const exchanges = [];
   let page;
   let step = 'start';
+
+  /** A quote made by the test itself (as a shopper would), logged with the page's exchanges. */
+  const quote = async () => {
+    const resp = await fetch(`${BFF_URL}/graphql`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ query: QUOTE, variables: BILL }),
+    });
+    const text = await resp.text();
+    exchanges.push(`(test) ${resp.status} POST /graphql quote → ${text.slice(0, 600)}`);
+    assert.equal(resp.status, 200, `the quote answered ${resp.status}: ${text}`);
+    const body = JSON.parse(text);
+    assert.equal(body.errors, undefined, `the quote must succeed: ${text}`);
+    const payable = body.data && body.data.quote && body.data.quote.payable;
+    assert.ok(payable && Number.isInteger(payable.amount), `the quote has a payable: ${text}`);
+    return payable.amount;
+  };
+
+  /** Clicks Publish and waits for this publication's answer; fails with the page's error. */
+  const publishAndWait = async (name) => {
+    await page.click('[data-testid=publish]');
+    const ok = page.locator('[data-testid=publish-ok]', { hasText: `Published ${name}` });
+    await ok.or(page.locator('[data-testid=publish-error]')).first().waitFor();
+    if (await page.locator('[data-testid=publish-error]').count()) {
+      assert.fail(`publishing ${name} failed: ${await page.locator('[data-testid=publish-error]').innerText()}`);
+    }
+  };
+
+  /** Clicks Refresh until `selector` matches (each round waits for the listing), for at most `ms`. */
+  const refreshUntil = async (selector, ms, what) => {
+    const deadline = Date.now() + ms;
+    for (let round = 1; ; round += 1) {
+      const listed = page.waitForResponse((r) => new URL(r.url()).pathname === '/graphql'
+        && (r.request().postData() || '').includes('ConsoleDeployments'));
+      await page.click('[data-testid=refresh]');
+      await listed;
+      try {
+        await page.locator(selector).waitFor({ timeout: 250 });
+        return;
+      } catch (err) {
+        if (Date.now() >= deadline) {
+          const rowText = await page.locator('[data-testid=deployments]').innerText().catch(() => '?');
+          assert.fail(`${what}: not seen within ${ms} ms (${round} refreshes); the table:\n${rowText}`);
+        }
+      }
+    }
+  };
+
+  const cell = (name, testid) => page.locator(`${row(name)} [data-testid=${testid}]`);
+
   try {
     page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     page.setDefaultTimeout(TIMEOUT);
@@ -153,6 +211,104 @@ test('the rule console lists, toggles, dry-runs, uploads and publishes rules', {
     assert.equal(await page.locator(`${row('console-test')} [data-testid=status]`).innerText(), 'active');
     assert.equal(await page.locator(`${row('console-test')} [data-testid=active-version]`).innerText(), 'v1');
 
+    step = "open member-price's detail and load it into the publish form";
+    await page.click(`${row('member-price')} [data-testid=open-detail]`);
+    await page.locator('[data-testid=detail][data-name="member-price"]').waitFor();
+    await page.locator(`${row('member-price')}[data-status=ACTIVE][data-active-version="1"]`).waitFor();
+    assert.equal(await cell('member-price', 'rollback').isDisabled(), true, 'one version: nothing to roll back to');
+    const memberSha = (await page.locator('[data-testid=active-component]').innerText()).trim();
+    assert.match(memberSha, /^[0-9a-f]{64}$/);
+    const configV1 = JSON.parse(await page.locator('[data-testid=detail-config]').innerText());
+    await page.click('[data-testid=detail-load-form]');
+    await page.waitForFunction(() => document.querySelector('[data-testid=pub-name]').value === 'member-price');
+    assert.equal(await page.locator('[data-testid=pub-component]').inputValue(), memberSha,
+      "the form holds member-price's active component");
+
+    step = 'publish member-price v2 (same component, new config), active';
+    await page.fill('[data-testid=pub-component]', memberSha);
+    await page.fill('[data-testid=pub-config]', '{"levels":{"gold":1000}}');
+    await page.selectOption('[data-testid=pub-stage]', 'ITEM');
+    await page.fill('[data-testid=pub-priority]', '20');
+    await page.fill('[data-testid=pub-group]', 'item-price');
+    await page.check('[data-testid=pub-activate]');
+    await publishAndWait('member-price');
+    await page.locator(`${row('member-price')}[data-status=ACTIVE][data-active-version="2"]`).waitFor();
+    assert.equal(await cell('member-price', 'active-version').innerText(), 'v2');
+    assert.equal(await cell('member-price', 'stage').innerText(), 'ITEM');
+    assert.equal(await cell('member-price', 'priority').innerText(), '20');
+    assert.equal(await cell('member-price', 'stacking-group').innerText(), 'item-price');
+    await page.locator('[data-testid=detail] [data-testid=version-row][data-version="2"]').waitFor();
+    assert.equal(await page.locator('[data-testid=detail] [data-testid=version-row]').count(), 2);
+    assert.equal(
+      await page.locator('[data-testid=version-row][data-version="2"] [data-testid=version-component]').getAttribute('title'),
+      memberSha, 'v2 runs the same component as v1');
+    await page.waitForFunction(() => /"gold": 1000/.test(document.querySelector('[data-testid=detail-config]').textContent));
+    assert.deepEqual(JSON.parse(await page.locator('[data-testid=detail-config]').innerText()), { levels: { gold: 1000 } });
+
+    step = 'roll member-price back to v1';
+    assert.equal(await cell('member-price', 'rollback').isDisabled(), false, 'two versions: Roll back is offered');
+    await page.click(`${row('member-price')} [data-testid=rollback]`);
+    await page.locator(`${row('member-price')}[data-status=ACTIVE][data-active-version="1"]`).waitFor();
+    assert.equal(await cell('member-price', 'status').innerText(), 'active');
+    assert.match(await cell('member-price', 'active-version').innerText(), /^v1 \(latest v2\)$/);
+    await page.waitForFunction(() => !/"gold": 1000/.test(document.querySelector('[data-testid=detail-config]').textContent));
+    assert.deepEqual(JSON.parse(await page.locator('[data-testid=detail-config]').innerText()), configV1,
+      "the detail shows v1's config again");
+
+    step = 'upload the panicking rule';
+    const baseline = await quote();
+    await page.setInputFiles('[data-testid=upload-file]', PANIC_WASM);
+    await page.click('[data-testid=upload-button]');
+    await page.locator('[data-testid=upload-ok]', { hasText: 'hostile_panic.wasm' })
+      .or(page.locator('[data-testid=upload-error]')).first().waitFor();
+    if (await page.locator('[data-testid=upload-error]').count()) {
+      assert.fail(`uploading the panicking rule failed: ${await page.locator('[data-testid=upload-error]').innerText()}`);
+    }
+    const panicSha = (await page.locator('[data-testid=upload-sha]').innerText()).trim();
+    assert.match(panicSha, /^[0-9a-f]{64}$/);
+    assert.notEqual(panicSha, sha);
+
+    step = 'publish it as crashy (ORDER), active';
+    await page.click('[data-testid=publish-reset]');
+    assert.equal(await page.locator('[data-testid=pub-component]').inputValue(), panicSha, 'the upload fills the sha256');
+    await page.fill('[data-testid=pub-name]', 'crashy');
+    await page.selectOption('[data-testid=pub-stage]', 'ORDER');
+    await page.check('[data-testid=pub-activate]');
+    await publishAndWait('crashy');
+    await page.locator(`${row('crashy')}[data-status=ACTIVE][data-active-version="1"]`).waitFor();
+    assert.equal(await cell('crashy', 'stage').innerText(), 'ORDER');
+    assert.equal(await cell('crashy', 'failures').getAttribute('data-value'), '0', 'no failures before any quote');
+
+    step = 'five quotes, each priced without the failing rule';
+    for (let i = 1; i <= 5; i += 1) {
+      step = `quote ${i} of 5 with crashy active`;
+      assert.equal(await quote(), baseline, `quote ${i}: the panicking rule must not change the price`);
+    }
+
+    step = 'see crashy quarantined after its 5th failure';
+    await refreshUntil(`${row('crashy')}[data-status=QUARANTINED]`, QUARANTINE_WITHIN_MS, 'crashy quarantined');
+    assert.equal(await cell('crashy', 'status').innerText(), 'quarantined');
+    assert.match(await cell('crashy', 'quarantine-reason').innerText(), /TRAP/);
+    assert.equal(await cell('crashy', 'failures').getAttribute('data-value'), '5', 'one failure per quote, none after the quarantine');
+    assert.equal(await cell('crashy', 'failures').innerText(), '5');
+    assert.equal(await cell('crashy', 'last-failure').innerText(), 'TRAP');
+    assert.equal(await cell('crashy', 'active-version').innerText(), 'v1');
+    // The detail says so too, and how to clear it.
+    await page.click(`${row('crashy')} [data-testid=open-detail]`);
+    await page.locator('[data-testid=detail][data-name="crashy"]').waitFor();
+    await page.locator('[data-testid=detail-quarantine]').waitFor();
+    assert.match(await page.locator('[data-testid=detail-quarantine]').innerText(), /TRAP/);
+    assert.match(await page.locator('[data-testid=stat-failures]').innerText(), /^5 \(5 in a row\)$/);
+    assert.match(await page.locator('[data-testid=stat-last-failure]').innerText(), /^TRAP/);
+
+    step = 'activate crashy again (clears the quarantine)';
+    await page.click(`${row('crashy')} [data-testid=activate]`);
+    await page.locator(`${row('crashy')}[data-status=ACTIVE][data-active-version="1"]`).waitFor();
+    assert.equal(await cell('crashy', 'status').innerText(), 'active');
+    assert.equal(await page.locator(`${row('crashy')} [data-testid=quarantine-reason]`).count(), 0);
+    await page.locator('[data-testid=detail-quarantine]').waitFor({ state: 'hidden' });
+    assert.equal(await cell('crashy', 'activate').isDisabled(), true, 'active on its latest version');
+
     step = 'finish';
     assert.equal(await page.locator('[data-testid=error-banner]').isVisible(), false,
       `no error is left: ${await page.locator('[data-testid=error-banner]').innerText()}`);
@@ -166,6 +322,9 @@ test('the rule console lists, toggles, dry-runs, uploads and publishes rules', {
       try {
         const banner = page.locator('[data-testid=error-banner]');
         if (await banner.isVisible()) console.error(`error banner: ${await banner.innerText()}`);
+        const rows = await page.locator('[data-testid=deployment-row]').evaluateAll((trs) => trs.map((tr) =>
+          `${tr.dataset.name} [${tr.dataset.status} v${tr.dataset.activeVersion}]: ${tr.innerText.replace(/\s+/g, ' ')}`));
+        console.error(`deployments:\n  ${rows.join('\n  ') || '(none)'}`);
         const shot = join(tmpdir(), 'bff-console-failure.png');
         await page.screenshot({ path: shot, fullPage: true });
         console.error(`screenshot: ${shot}`);

@@ -1,7 +1,8 @@
 //! The rule console in real headless Chromium (playwright-core driving
 //! Debian's chromium), against the real app with the demo deployments:
-//! list, deactivate / activate, dry run, upload (a bad and a good module)
-//! and publish, all through the page.
+//! list, deactivate / activate, dry run, upload (a bad and a good module),
+//! publish, roll back, and a panicking rule that quotes quarantine and the
+//! page re-activates, all through the page (the quotes come from the test).
 
 use std::path::Path;
 
@@ -17,6 +18,8 @@ const WRONG_WORLD_WASM: &str = concat!(
     env!("PROMOTION_RULES_WASM_DIR"),
     "/hostile_wrong_world.wasm"
 );
+/// A rule whose `evaluate` panics: every evaluation is a `TRAP`.
+const PANIC_WASM: &str = concat!(env!("PROMOTION_RULES_WASM_DIR"), "/hostile_panic.wasm");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rule_console_manages_dry_runs_and_publishes_rules_in_a_real_browser() {
@@ -25,7 +28,7 @@ async fn the_rule_console_manages_dry_runs_and_publishes_rules_in_a_real_browser
         Path::new(&chromium).exists(),
         "the browser test needs Chromium at {chromium} (apt-get install chromium, or set CHROMIUM_PATH)"
     );
-    for wasm in [RULE_WASM, WRONG_WORLD_WASM] {
+    for wasm in [RULE_WASM, WRONG_WORLD_WASM, PANIC_WASM] {
         assert!(
             Path::new(wasm).exists(),
             "{wasm} is missing (the bff build script builds it)"
@@ -41,6 +44,7 @@ async fn the_rule_console_manages_dry_runs_and_publishes_rules_in_a_real_browser
         .env("CHROMIUM_PATH", &chromium)
         .env("RULE_WASM", RULE_WASM)
         .env("WRONG_WORLD_WASM", WRONG_WORLD_WASM)
+        .env("PANIC_WASM", PANIC_WASM)
         .output()
         .await
         .expect("node runs");
