@@ -73,6 +73,22 @@ pub async fn graphql(
         Ok(principal) => principal,
         Err(resp) => return *resp,
     };
+    let channel = match headers
+        .get("x-channel")
+        .map(|v| v.to_str().unwrap_or_default())
+    {
+        None | Some("app") => crate::pricing::model::Channel::App,
+        Some("mini-program") => crate::pricing::model::Channel::MiniProgram,
+        Some("web") => crate::pricing::model::Channel::Web,
+        Some("pos") => crate::pricing::model::Channel::Pos,
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                "X-Channel must be app, mini-program, web or pos",
+            );
+        }
+    };
     let mut request = match method {
         Method::GET => {
             match async_graphql::http::parse_query_string(query.as_deref().unwrap_or_default()) {
@@ -137,6 +153,7 @@ pub async fn graphql(
         loaders,
         upstreams: Arc::clone(app.upstreams_arc()),
         pricing: app.pricing().clone(),
+        channel,
         prices: crate::product::PriceBook::default(),
     };
     let mut response = app.schema().execute(request.data(ctx)).await;

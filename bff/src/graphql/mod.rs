@@ -302,6 +302,9 @@ pub struct RequestContext {
     pub upstreams: Arc<Upstreams>,
     /// The promotion engine.
     pub pricing: crate::pricing::Pricing,
+    /// Where the client shops (`X-Channel` header; default the app): the
+    /// channel of catalogue prices and the default of quotes.
+    pub channel: crate::pricing::model::Channel,
     /// Prices computed during this request, and the rule snapshot they were
     /// computed with.
     pub prices: crate::product::PriceBook,

@@ -63,7 +63,7 @@ pub struct CartInput {
     pub coupon_ids: Option<Vec<ID>>,
     /// Points the member wants to spend.
     pub points_to_use: Option<i64>,
-    /// Where the member shops (default `APP`).
+    /// Where the member shops (default: the `X-Channel` header, else `APP`).
     pub channel: Option<Channel>,
 }
 
@@ -1120,7 +1120,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
 
     let request = CartRequest {
         mall: mall.as_str(),
-        channel: input.channel.unwrap_or(Channel::App),
+        channel: input.channel.unwrap_or(req.channel),
         member: member.as_ref(),
         lines: products
             .iter()

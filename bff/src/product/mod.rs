@@ -15,7 +15,6 @@ use crate::error::ApiError;
 use crate::graphql::{RequestContext, request};
 use crate::mall::Store;
 use crate::pricing::engine::{ActiveRule, Applied, PricedLine};
-use crate::pricing::model::Channel;
 use crate::upstream::{ProductClient, UpstreamError};
 
 /// Default page size of product listings.
@@ -142,7 +141,7 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
                 &snapshot,
                 tenant,
                 mall.as_str(),
-                Channel::App,
+                req.channel,
                 member.as_ref(),
                 &products,
             )

@@ -517,7 +517,22 @@ async fn contained(guest: &str, stage: &str, config: &str, limits: Option<Value>
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Quarantined rules no longer run.
+    // Quarantined rules no longer run (once this node has swapped in the
+    // new active set, right after the record is written).
+    let tenant = bff::domain::TenantId::parse("demo").unwrap();
+    while app
+        .state
+        .pricing()
+        .snapshot(&tenant)
+        .iter()
+        .any(|r| r.name == "hostile")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still in the active set"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     quote(&app, cart, Some(&token)).await;
     assert_eq!(rule_stats(&app, "hostile").await["failures"], 5);
 }
@@ -1091,4 +1106,50 @@ async fn dry_runs_refuse_limits_beyond_the_hosts() {
         )
         .await;
     assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_scoped_rule_prices_only_that_channel() {
+    let app = spawn_app().await;
+    let gold = app.token("member-1");
+    let (_, up) = upload(&app, Some(&author(&app)), wasm("rule_member_discount")).await;
+    publish(
+        &app,
+        json!({ "name": "mini-program-week", "component": up["sha256"], "config": r#"{"levels":{"gold":1000}}"#,
+                "stage": "ITEM", "scope": { "malls": ["mall-1"], "channels": ["MINI_PROGRAM"] }, "activate": true }),
+    )
+    .await;
+    let applied_by = |channel: Option<&'static str>| {
+        let app = &app;
+        let gold = gold.clone();
+        async move {
+            let mut req = app
+                .http
+                .post(format!("{}/graphql", app.url))
+                .bearer_auth(gold)
+                .json(&json!({ "query": PRODUCTS }));
+            if let Some(c) = channel {
+                req = req.header("x-channel", c);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (
+                status,
+                body.to_string().contains("mini-program-week@1"),
+                body,
+            )
+        }
+    };
+    let (status, applied, body) = applied_by(None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !applied,
+        "the app channel does not get the mini-program rule"
+    );
+    let (_, applied, body) = applied_by(Some("mini-program")).await;
+    assert!(applied, "{body}");
+    let (status, _, body) = applied_by(Some("tv")).await;
+    assert_eq!(status, 400);
+    assert_eq!(codes(&body), vec!["BAD_REQUEST"]);
 }
