@@ -447,8 +447,6 @@ impl RuleHost {
             .cranelift_opt_level(OptLevel::Speed)
             // Rules are synchronous: no concurrent-execution state per store.
             .concurrency_support(false)
-            // Inline the component adapters into the guest's code.
-            .compiler_inlining(wasmtime::Inlining::Yes)
             .memory_init_cow(true)
             // A 4 GiB reservation with a guard region: loads and stores of
             // 32-bit memories need no bounds checks. Virtual address space
