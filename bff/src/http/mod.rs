@@ -1,8 +1,6 @@
 //! HTTP routes beside `/graphql`: the playground, health, readiness,
 //! metrics and (in development) demo tokens.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
@@ -43,12 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(
-            "/rules/components",
-            post(upload_component).layer(axum::extract::DefaultBodyLimit::max(
-                crate::pricing::host::MAX_COMPONENT_BYTES + 1024,
-            )),
-        );
+        .route("/rules/components", post(upload_component));
     if state.settings().graphql.playground {
         router = router
             .route("/", get(|| async { Redirect::temporary("/playground/") }))
@@ -143,7 +136,7 @@ fn coded_response(status: StatusCode, code: &str, message: &str) -> Response {
 async fn upload_component(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let principal = match graphql::http::authenticate(&app, &headers) {
         Ok(p) => p,
@@ -170,9 +163,11 @@ async fn upload_component(
             );
         }
     };
-    let body = match body {
+    // The body is read only once the token is known to be a rule author's.
+    let limit = crate::pricing::host::MAX_COMPONENT_BYTES;
+    let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(e) if is_length_limit(&e) => {
             return coded_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 code::COMPONENT_TOO_LARGE,
@@ -208,6 +203,18 @@ async fn upload_component(
         }
         Err(e) => coded_response(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string()),
     }
+}
+
+/// Whether reading a body failed on its length limit.
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 async fn playground_asset(Path(path): Path<String>) -> Response {

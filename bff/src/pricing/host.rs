@@ -2,9 +2,8 @@
 //! each evaluation in a fresh store from the pooling allocator, under a fuel
 //! budget, a wall-clock deadline (epoch interruption) and a memory cap.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -366,8 +365,13 @@ pub struct RuleHost {
     engine: Engine,
     linker: Linker<Sandbox>,
     stop_ticker: Arc<AtomicBool>,
-    compiled: Mutex<HashMap<String, Arc<CompiledRule>>>,
+    /// Compiled rules by sha256, the most recently used kept (active rules
+    /// also hold theirs, so eviction only costs a recompile).
+    compiled: moka::sync::Cache<String, Arc<CompiledRule>>,
 }
+
+/// Compiled rules kept per process.
+const COMPILED_KEPT: u64 = 256;
 
 static SHARED: OnceLock<Arc<RuleHost>> = OnceLock::new();
 
@@ -406,14 +410,11 @@ impl RuleHost {
     /// same bytes.
     pub fn compile_cached(&self, bytes: &[u8]) -> Result<Arc<CompiledRule>, CompileError> {
         let sha = sha256_hex(bytes);
-        if let Some(c) = self.compiled.lock().expect("compiled lock").get(&sha) {
-            return Ok(c.clone());
+        if let Some(c) = self.compiled.get(&sha) {
+            return Ok(c);
         }
         let compiled = Arc::new(self.compile(bytes)?);
-        self.compiled
-            .lock()
-            .expect("compiled lock")
-            .insert(sha, compiled.clone());
+        self.compiled.insert(sha, compiled.clone());
         Ok(compiled)
     }
 
@@ -478,7 +479,7 @@ impl RuleHost {
             engine,
             linker,
             stop_ticker,
-            compiled: Mutex::new(HashMap::new()),
+            compiled: moka::sync::Cache::new(COMPILED_KEPT),
         })
     }
 

@@ -134,7 +134,7 @@ struct Tracker {
 pub struct Registry {
     store: SharedStore,
     host: Arc<RuleHost>,
-    compiled: Mutex<HashMap<String, Arc<CompiledRule>>>,
+    compiled: moka::sync::Cache<String, Arc<CompiledRule>>,
     active: RwLock<HashMap<String, Arc<Vec<ActiveRule>>>>,
     tracker: Mutex<Tracker>,
     quarantine_after: u32,
@@ -168,7 +168,7 @@ impl Registry {
         Arc::new(Self {
             store,
             host,
-            compiled: Mutex::new(HashMap::new()),
+            compiled: moka::sync::Cache::new(256),
             active: RwLock::new(HashMap::new()),
             tracker: Mutex::new(Tracker::default()),
             quarantine_after: quarantine_after.max(1),
@@ -290,8 +290,8 @@ impl Registry {
 
     /// The compiled component with `sha256`, compiling it on first use.
     async fn compiled(&self, sha256: &str) -> Result<Arc<CompiledRule>, RegistryError> {
-        if let Some(c) = self.compiled.lock().expect("compiled lock").get(sha256) {
-            return Ok(c.clone());
+        if let Some(c) = self.compiled.get(sha256) {
+            return Ok(c);
         }
         let bytes = self
             .store
@@ -299,10 +299,7 @@ impl Registry {
             .await?
             .ok_or_else(|| RegistryError::NotFound(format!("no component {sha256}")))?;
         let compiled = self.compile_blocking(bytes).await?;
-        self.compiled
-            .lock()
-            .expect("compiled lock")
-            .insert(sha256.to_owned(), compiled.clone());
+        self.compiled.insert(sha256.to_owned(), compiled.clone());
         Ok(compiled)
     }
 
@@ -323,18 +320,10 @@ impl Registry {
     ) -> Result<(String, usize), RegistryError> {
         let size = bytes.len();
         let sha = super::host::sha256_hex(&bytes);
-        let cached = self
-            .compiled
-            .lock()
-            .expect("compiled lock")
-            .get(&sha)
-            .cloned();
-        if cached.is_none() {
+        if self.compiled.get(&sha).is_none() {
+            // Refused here, before anything is stored, if it is not a rule.
             let compiled = self.compile_blocking(bytes.clone()).await?;
-            self.compiled
-                .lock()
-                .expect("compiled lock")
-                .insert(sha.clone(), compiled);
+            self.compiled.insert(sha.clone(), compiled);
         }
         let owner = format!("{tenant}/{sha}");
         if self.store.get(OWNERS, &owner).await?.is_none() {

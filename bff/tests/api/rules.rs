@@ -693,6 +693,13 @@ async fn malformed_and_wrong_world_binaries_are_refused_at_upload() {
         ["INVALID_COMPONENT", "WRONG_WORLD"].contains(&codes(&body)[0].as_str()),
         "{body}"
     );
+    let limit = bff::pricing::host::MAX_COMPONENT_BYTES;
+    let (status, body) = upload(&app, Some(&token), vec![0u8; limit + 1]).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(codes(&body), vec!["COMPONENT_TOO_LARGE"]);
+    let (status, body) = upload(&app, None, vec![0u8; 64 << 10]).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(codes(&body), vec!["UNAUTHENTICATED"]);
     let (status, body) = upload(&app, Some(&token), wasm("hostile_wrong_world")).await;
     assert_eq!(status, 422);
     assert_eq!(codes(&body), vec!["WRONG_WORLD"], "{body}");
