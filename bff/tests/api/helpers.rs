@@ -126,14 +126,40 @@ pub fn codes(body: &Value) -> Vec<String> {
 }
 
 /// The web pages and their browser tests.
-pub fn web_dir() -> std::path::PathBuf {
+fn web_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+/// Runs one of `web/tests/` with node against a running app: playwright-core
+/// drives Debian's Chromium (or `CHROMIUM_PATH`). `env` passes the app's URL
+/// and anything else the script needs. Fails with the script's output.
+pub async fn run_browser_test(script: &str, env: &[(&str, &str)]) {
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "the browser test needs Chromium at {chromium} (apt-get install chromium, or set CHROMIUM_PATH)"
+    );
+    ensure_node_modules();
+    let output = tokio::process::Command::new("node")
+        .args(["--test", script])
+        .current_dir(web_dir())
+        .env("CHROMIUM_PATH", &chromium)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "browser test {script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Installs the web test dependencies from the lock file if missing, once
 /// per test run (`npm ci` empties `node_modules` first, so two at once would
 /// break each other).
-pub fn ensure_node_modules() {
+fn ensure_node_modules() {
     static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONCE.lock().unwrap_or_else(|e| e.into_inner());
     let web = web_dir();

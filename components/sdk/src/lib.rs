@@ -51,6 +51,41 @@ pub use bindings::mall::promotion::types::*;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// Exports a rule written as two plain functions,
+/// `check(config: &str) -> Result<(), RuleError>` and
+/// `run(config: &str, cart: Cart) -> Result<Outcome, RuleError>`:
+///
+/// ```ignore
+/// promotion_sdk::rule!(check, run);
+/// ```
+///
+/// It defines `pub struct Rule` implementing [`Guest`] with them, and exports
+/// it when built for `wasm32`. The functions stay callable natively, for unit
+/// tests and benchmarks.
+#[macro_export]
+macro_rules! rule {
+    ($check:path, $run:path) => {
+        /// The rule as exported to the host.
+        pub struct Rule;
+
+        impl $crate::Guest for Rule {
+            fn check_config(config: String) -> Result<(), $crate::RuleError> {
+                $check(&config)
+            }
+
+            fn evaluate(
+                config: String,
+                input: $crate::Cart,
+            ) -> Result<$crate::Outcome, $crate::RuleError> {
+                $run(&config, input)
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        $crate::export!(Rule);
+    };
+}
+
 #[cfg(target_arch = "wasm32")]
 pub mod alloc;
 

@@ -24,7 +24,7 @@
 //! `coupon-limit` or `coupon-no-discount` (nothing left to take off).
 
 use promotion_sdk::{
-    BatchKind, Cart, Coupon, CouponValue, Guest, Hint, Money, OrderDiscount, Outcome, RuleError,
+    BatchKind, Cart, Coupon, CouponValue, Hint, Money, OrderDiscount, Outcome, RuleError,
     invalid_config, parse_config, yuan,
 };
 use serde::Deserialize;
@@ -168,25 +168,12 @@ pub fn run(config: &str, cart: Cart) -> Result<Outcome, RuleError> {
     Ok(outcome)
 }
 
-/// The rule as exported to the host.
-pub struct Rule;
-
-impl Guest for Rule {
-    fn check_config(config: String) -> Result<(), RuleError> {
-        check(&config)
-    }
-
-    fn evaluate(config: String, input: Cart) -> Result<Outcome, RuleError> {
-        run(&config, input)
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-promotion_sdk::export!(Rule);
+promotion_sdk::rule!(check, run);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use promotion_sdk::Guest;
     use promotion_sdk::testing::{NOW, cart, coupon, line};
 
     fn wallet(payable: i64, held: Vec<Coupon>, chosen: &[&str]) -> Cart {

@@ -21,8 +21,8 @@
 //! the flash price.
 
 use promotion_sdk::{
-    BatchKind, Cart, Guest, Hint, Line, LineDiscount, Outcome, RuleError, Timestamp,
-    invalid_config, parse_config, yuan,
+    BatchKind, Cart, Hint, Line, LineDiscount, Outcome, RuleError, Timestamp, invalid_config,
+    parse_config, yuan,
 };
 use serde::Deserialize;
 
@@ -131,25 +131,12 @@ fn limit_hint(line: &Line, limit: u32) -> Hint {
     }
 }
 
-/// The rule as exported to the host.
-pub struct Rule;
-
-impl Guest for Rule {
-    fn check_config(config: String) -> Result<(), RuleError> {
-        check(&config)
-    }
-
-    fn evaluate(config: String, input: Cart) -> Result<Outcome, RuleError> {
-        run(&config, input)
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-promotion_sdk::export!(Rule);
+promotion_sdk::rule!(check, run);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use promotion_sdk::Guest;
     use promotion_sdk::testing::{HOUR, MINUTE, NOW, cart, flash_sale, line};
 
     const CFG: &str = r#"{"label": "Flash sale", "limit_per_order": 2}"#;

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use promotion_sdk::{
-    Cart, Guest, LineDiscount, Outcome, RuleError, invalid_config, parse_config, percent,
+    Cart, LineDiscount, Outcome, RuleError, invalid_config, parse_config, percent,
 };
 use serde::Deserialize;
 
@@ -122,26 +122,13 @@ fn default_label(level: &str, bp: u32) -> String {
     format!("{name} member {} off", percent(bp))
 }
 
-/// The rule as exported to the host.
-pub struct Rule;
-
-impl Guest for Rule {
-    fn check_config(config: String) -> Result<(), RuleError> {
-        check(&config)
-    }
-
-    fn evaluate(config: String, input: Cart) -> Result<Outcome, RuleError> {
-        run(&config, input)
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-promotion_sdk::export!(Rule);
+promotion_sdk::rule!(check, run);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use promotion_sdk::BatchKind;
+    use promotion_sdk::Guest;
     use promotion_sdk::testing::{HOUR, NOW, cart, flash_sale, line, member};
 
     const CFG: &str = r#"{"levels": {"gold": 500, "platinum": 750}, "exclude_tags": ["no-member-discount"], "skip_flash_sale": true}"#;

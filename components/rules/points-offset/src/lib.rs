@@ -19,8 +19,7 @@
 //! spent than requested, a `points-capped` hint says why.
 
 use promotion_sdk::{
-    BatchKind, Cart, Guest, Hint, Outcome, PointsOffset, RuleError, invalid_config, parse_config,
-    percent,
+    BatchKind, Cart, Hint, Outcome, PointsOffset, RuleError, invalid_config, parse_config, percent,
 };
 use serde::Deserialize;
 
@@ -132,25 +131,12 @@ pub fn run(config: &str, cart: Cart) -> Result<Outcome, RuleError> {
     Ok(outcome)
 }
 
-/// The rule as exported to the host.
-pub struct Rule;
-
-impl Guest for Rule {
-    fn check_config(config: String) -> Result<(), RuleError> {
-        check(&config)
-    }
-
-    fn evaluate(config: String, input: Cart) -> Result<Outcome, RuleError> {
-        run(&config, input)
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-promotion_sdk::export!(Rule);
+promotion_sdk::rule!(check, run);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use promotion_sdk::Guest;
     use promotion_sdk::testing::{cart, line, member};
 
     const CFG: &str = r#"{"points_per_yuan": 100, "max_share_bp": 5000}"#;

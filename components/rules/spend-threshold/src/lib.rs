@@ -24,8 +24,8 @@
 //! `spend-more` hint with the shortfall, e.g. "Spend ¥12.00 more for ¥30.00 off".
 
 use promotion_sdk::{
-    BatchKind, Cart, Guest, Hint, Money, OrderDiscount, Outcome, RuleError, invalid_config,
-    parse_config, yuan,
+    BatchKind, Cart, Hint, Money, OrderDiscount, Outcome, RuleError, invalid_config, parse_config,
+    yuan,
 };
 use serde::Deserialize;
 
@@ -140,25 +140,12 @@ pub fn run(config: &str, cart: Cart) -> Result<Outcome, RuleError> {
     Ok(outcome)
 }
 
-/// The rule as exported to the host.
-pub struct Rule;
-
-impl Guest for Rule {
-    fn check_config(config: String) -> Result<(), RuleError> {
-        check(&config)
-    }
-
-    fn evaluate(config: String, input: Cart) -> Result<Outcome, RuleError> {
-        run(&config, input)
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-promotion_sdk::export!(Rule);
+promotion_sdk::rule!(check, run);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use promotion_sdk::Guest;
     use promotion_sdk::Line;
     use promotion_sdk::testing::{cart, line};
 
