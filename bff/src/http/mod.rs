@@ -130,6 +130,17 @@ fn coded_response(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A refusal sent before the request body was read in full: the connection
+/// is closed after it, so the client never reuses a connection that still
+/// carries the rest of its upload.
+fn unread(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// `POST /rules/components`: the body is a component (or a core module
 /// carrying its component type) for the token's tenant. Answers the sha256
 /// to publish it under. A rule-author token is required.
@@ -140,7 +151,7 @@ async fn upload_component(
 ) -> Response {
     let principal = match graphql::http::authenticate(&app, &headers) {
         Ok(p) => p,
-        Err(resp) => return *resp,
+        Err(resp) => return unread(*resp),
     };
     let tenant = match principal {
         crate::auth::Principal::Staff {
@@ -149,18 +160,18 @@ async fn upload_component(
             ..
         } => tenant,
         crate::auth::Principal::Anonymous { .. } => {
-            return coded_response(
+            return unread(coded_response(
                 StatusCode::UNAUTHORIZED,
                 code::UNAUTHENTICATED,
                 "uploading a rule needs a rule-author token",
-            );
+            ));
         }
         _ => {
-            return coded_response(
+            return unread(coded_response(
                 StatusCode::FORBIDDEN,
                 code::FORBIDDEN,
                 "uploading a rule needs a rule-author token",
-            );
+            ));
         }
     };
     // The body is read only once the token is known to be a rule author's.
@@ -168,18 +179,18 @@ async fn upload_component(
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(e) if is_length_limit(&e) => {
-            return coded_response(
+            return unread(coded_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 code::COMPONENT_TOO_LARGE,
                 "the component is larger than 4 MiB",
-            );
+            ));
         }
         Err(_) => {
-            return coded_response(
+            return unread(coded_response(
                 StatusCode::BAD_REQUEST,
                 code::BAD_REQUEST,
                 "the body could not be read",
-            );
+            ));
         }
     };
     match app

@@ -700,6 +700,18 @@ async fn malformed_and_wrong_world_binaries_are_refused_at_upload() {
     let (status, body) = upload(&app, None, vec![0u8; 64 << 10]).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(codes(&body), vec!["UNAUTHENTICATED"]);
+    // Refused before its body was read: the connection is not reused.
+    let resp = app
+        .http
+        .post(format!("{}/rules/components", app.url))
+        .body(vec![0u8; 64 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["connection"], "close");
+    // ...and the client goes on over a fresh one.
+    let (status, _) = app.query("{ malls { id } }", None).await;
+    assert_eq!(status, 200);
     let (status, body) = upload(&app, Some(&token), wasm("hostile_wrong_world")).await;
     assert_eq!(status, 422);
     assert_eq!(codes(&body), vec!["WRONG_WORLD"], "{body}");
