@@ -279,10 +279,33 @@ pub struct GraphqlSettings {
     /// How long a DataLoader waits for more keys before it sends a batch,
     /// in microseconds. See `bff/docs/benchmarks.md` for why this value.
     pub dataloader_delay_us: u64,
-    /// Bytes of query text whose parsed documents are kept for reuse
-    /// (client apps send the same few queries over and over); 0 turns the
-    /// cache off.
+    /// Bytes of parsed documents kept for reuse (client apps send the same
+    /// few queries over and over), estimated from their text and tokens;
+    /// 0 turns the cache off.
     pub document_cache_bytes: u64,
+    /// Deepest bracket nesting (`{`, `[`, `(`) anywhere in a document:
+    /// bounds selections and argument values alike, checked before the
+    /// document is parsed.
+    pub max_nesting: usize,
+    /// Most lexical tokens in one document, checked before parsing.
+    pub max_tokens: usize,
+    /// Most directives in one document, checked before parsing.
+    pub max_directives: usize,
+    /// Most fields an operation or fragment expands to once its fragment
+    /// spreads are followed (computed once per fragment, before
+    /// validation).
+    pub max_fields: usize,
+    /// Most operations in one batched request (a JSON array, as Apollo's
+    /// `BatchHttpLink` sends); 0 refuses batches.
+    pub max_batch: usize,
+    /// Serve Apollo's automatic persisted queries.
+    pub apq: bool,
+    /// How long a registered persisted query is kept, in seconds.
+    pub apq_ttl_secs: u64,
+    /// Safelist-only mode: the path of an Apollo persisted-query manifest
+    /// (`apollo-persisted-query-manifest`, version 1). When set, only its
+    /// operations run.
+    pub safelist_manifest: Option<std::path::PathBuf>,
 }
 
 impl Default for GraphqlSettings {
@@ -295,7 +318,15 @@ impl Default for GraphqlSettings {
             introspection: true,
             playground: true,
             dataloader_delay_us: 0,
-            document_cache_bytes: 4 * 1024 * 1024,
+            document_cache_bytes: 16 * 1024 * 1024,
+            max_nesting: 32,
+            max_tokens: 10_000,
+            max_directives: 50,
+            max_fields: 2_000,
+            max_batch: 10,
+            apq: true,
+            apq_ttl_secs: 7 * 24 * 3600,
+            safelist_manifest: None,
         }
     }
 }

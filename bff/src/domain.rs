@@ -147,6 +147,12 @@ impl Money {
                 reason: "must not be negative",
             });
         }
+        if minor > MAX_MINOR_UNITS {
+            return Err(InvalidInput {
+                what: "amount",
+                reason: "is larger than 9007199254740991 minor units",
+            });
+        }
         Ok(Self { minor })
     }
 
@@ -163,16 +169,110 @@ impl Money {
     }
 }
 
-/// An amount of money.
+/// An amount of money in an ISO 4217 currency.
 #[async_graphql::Object]
 impl Money {
     /// Amount in minor units (fen for CNY): ¥12.34 is 1234.
-    async fn amount(&self) -> i64 {
-        self.minor
+    async fn amount(&self) -> MinorUnits {
+        MinorUnits(self.minor)
     }
     /// ISO 4217 currency code.
     async fn currency(&self) -> &'static str {
         CNY
+    }
+}
+
+/// The largest magnitude the API carries in minor units: 2⁵³ − 1, the
+/// largest integer every JSON parser (JavaScript's included) reads exactly.
+/// Every amount the BFF accepts, and every sum it can form from them, stays
+/// below it (see `pricing::api::MAX_UNIT_PRICE`).
+pub const MAX_MINOR_UNITS: i64 = (1 << 53) - 1;
+
+/// An integer amount in minor units as the API carries it.
+///
+/// GraphQL's `Int` is 32 bits by the specification — ¥21,474,836.47 — so
+/// money has its own scalar: a JSON integer within ±(2⁵³ − 1). Inputs also
+/// take the integer as a decimal string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MinorUnits(pub i64);
+
+/// An amount of money in minor units (fen for CNY: ¥12.34 is 1234), as a
+/// JSON integer between -9007199254740991 and 9007199254740991 (so every
+/// JSON parser reads it exactly). Inputs also accept the integer as a
+/// string of decimal digits.
+#[async_graphql::Scalar(name = "MinorUnits")]
+impl async_graphql::ScalarType for MinorUnits {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        let parsed = match &value {
+            async_graphql::Value::Number(n) => n.as_i64(),
+            async_graphql::Value::String(s) => {
+                let digits = s.strip_prefix('-').unwrap_or(s);
+                if digits.is_empty()
+                    || digits.len() > 16
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    None
+                } else {
+                    s.parse::<i64>().ok()
+                }
+            }
+            _ => return Err(async_graphql::InputValueError::expected_type(value)),
+        };
+        match parsed {
+            Some(v) if (-MAX_MINOR_UNITS..=MAX_MINOR_UNITS).contains(&v) => Ok(MinorUnits(v)),
+            _ => Err(async_graphql::InputValueError::custom(
+                "expected an integer amount in minor units between -9007199254740991 and 9007199254740991",
+            )),
+        }
+    }
+
+    fn is_valid(value: &async_graphql::Value) -> bool {
+        matches!(
+            value,
+            async_graphql::Value::Number(_) | async_graphql::Value::String(_)
+        )
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        if self.0.abs() > MAX_MINOR_UNITS {
+            // Never reached: inputs and upstream amounts are capped so that
+            // every sum stays in range. Logged, not hidden, if it ever is.
+            tracing::error!(amount = self.0, "an amount beyond 2^53 - 1 reached the API");
+        }
+        async_graphql::Value::Number(self.0.into())
+    }
+}
+
+/// A point in time as the API carries it (stored as RFC 3339 text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub chrono::DateTime<chrono::Utc>);
+
+impl From<chrono::DateTime<chrono::Utc>> for Timestamp {
+    fn from(at: chrono::DateTime<chrono::Utc>) -> Self {
+        Self(at)
+    }
+}
+
+/// A point in time as RFC 3339 text, e.g. `2026-11-22T10:00:00Z`. Inputs
+/// may carry any offset; outputs are in UTC.
+#[async_graphql::Scalar(name = "DateTime")]
+impl async_graphql::ScalarType for Timestamp {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        match &value {
+            async_graphql::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .map(|at| Timestamp(at.with_timezone(&chrono::Utc)))
+                .map_err(|_| {
+                    async_graphql::InputValueError::custom(
+                        "expected an RFC 3339 date and time such as 2026-11-22T10:00:00Z",
+                    )
+                }),
+            _ => Err(async_graphql::InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::String(self.0.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
     }
 }
 

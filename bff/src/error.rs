@@ -37,6 +37,28 @@ pub mod code {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// The request body is larger than allowed.
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// A POST whose body is not `application/json` (forms, multipart and
+    /// plain text are refused: browsers send those cross-site).
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "UNSUPPORTED_MEDIA_TYPE";
+    /// The `Accept` header allows no media type the endpoint answers with.
+    pub const NOT_ACCEPTABLE: &str = "NOT_ACCEPTABLE";
+    /// The HTTP method is not allowed for this request (a mutation over
+    /// GET; a method other than GET or POST).
+    pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
+    /// A batched request holds more operations than allowed.
+    pub const BATCH_TOO_LARGE: &str = "BATCH_TOO_LARGE";
+    /// The document has more tokens than allowed.
+    pub const QUERY_TOO_LARGE: &str = "QUERY_TOO_LARGE";
+    /// The document uses more directives than allowed.
+    pub const TOO_MANY_DIRECTIVES: &str = "TOO_MANY_DIRECTIVES";
+    /// The persisted query's hash is unknown: send the query text with it.
+    pub const PERSISTED_QUERY_NOT_FOUND: &str = "PERSISTED_QUERY_NOT_FOUND";
+    /// Persisted queries (or this version of them) are not served.
+    pub const PERSISTED_QUERY_NOT_SUPPORTED: &str = "PERSISTED_QUERY_NOT_SUPPORTED";
+    /// The persisted query's hash is not the sha256 of its text.
+    pub const PERSISTED_QUERY_HASH_MISMATCH: &str = "PERSISTED_QUERY_HASH_MISMATCH";
+    /// Safelist-only mode: the operation is not in the safelist.
+    pub const PERSISTED_QUERY_NOT_IN_LIST: &str = "PERSISTED_QUERY_NOT_IN_LIST";
     /// A promotion rule whose policy is fail-closed failed, so no price can
     /// be given.
     pub const RULE_FAILED: &str = "RULE_FAILED";

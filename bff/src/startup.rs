@@ -15,6 +15,8 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::demo::{DemoUpstreams, Service, ServiceControl};
 use crate::domain::TenantId;
+use crate::graphql::complete::Shape;
+use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::{BffSchema, DocumentCache, build_schema};
 use crate::metrics::Metrics;
 use crate::pricing::Pricing;
@@ -36,6 +38,8 @@ struct Inner {
     authenticator: Authenticator,
     metrics: Metrics,
     documents: DocumentCache,
+    shape: Shape,
+    persisted: PersistedQueries,
     pricing: Pricing,
     store: SharedStore,
 }
@@ -64,6 +68,14 @@ impl AppState {
     /// Parsed GraphQL documents for reuse.
     pub fn documents(&self) -> &DocumentCache {
         &self.inner.documents
+    }
+    /// The schema's shape, for completing responses.
+    pub fn shape(&self) -> &Shape {
+        &self.inner.shape
+    }
+    /// Persisted queries (APQ and the safelist).
+    pub fn persisted(&self) -> &PersistedQueries {
+        &self.inner.persisted
     }
     /// The promotion engine.
     pub fn pricing(&self) -> &Pricing {
@@ -149,6 +161,14 @@ impl Application {
                 tracing::info!(tenant, "installed the demo promotion deployments");
             }
         }
+        let schema = build_schema(&settings.graphql);
+        let shape = Shape::from_sdl(&schema.sdl())?;
+        let persisted = PersistedQueries::new(
+            settings.graphql.apq,
+            Duration::from_secs(settings.graphql.apq_ttl_secs),
+            settings.graphql.safelist_manifest.as_deref(),
+            store.clone(),
+        )?;
         let state = AppState {
             inner: Arc::new(Inner {
                 pricing: Pricing::new(
@@ -156,15 +176,13 @@ impl Application {
                     Duration::from_millis(settings.rules.batch_budget_ms),
                 ),
                 store,
-                schema: build_schema(&settings.graphql),
+                schema,
+                shape,
+                persisted,
                 upstreams: Arc::new(upstreams),
                 authenticator: Authenticator::new(&settings.auth),
                 metrics,
-                documents: DocumentCache::new(
-                    settings.graphql.document_cache_bytes,
-                    settings.graphql.max_aliases,
-                    settings.graphql.max_depth,
-                ),
+                documents: DocumentCache::new(&settings.graphql),
                 settings,
             }),
         };

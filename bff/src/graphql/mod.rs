@@ -5,8 +5,11 @@
 //! [`RequestContext`], inserted into each request's data by the HTTP
 //! handler.
 
+pub mod complete;
+pub mod guard;
 pub mod http;
 pub mod limits;
+pub mod persisted;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -52,50 +55,75 @@ pub type BffSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Parsed documents by query text. Client apps send the same few queries
 /// over and over, and parsing is a large share of a small query's CPU.
-/// Only documents that passed the document-level limits are kept, so a hit
-/// needs no re-check; validation still runs on every request.
+/// Only documents that kept the document limits are kept, so a hit needs
+/// no re-check; validation still runs on every request. The cache is
+/// bounded by an estimate of the memory a document takes once parsed (its
+/// text plus [`DOC_BYTES_PER_TOKEN`] per token), not by its text alone.
 #[derive(Clone)]
 pub struct DocumentCache {
-    cache: Option<moka::sync::Cache<Arc<str>, Arc<ExecutableDocument>>>,
-    max_aliases: usize,
-    max_depth: usize,
+    cache: Option<moka::sync::Cache<Arc<str>, CachedDocument>>,
+    limits: limits::Limits,
 }
 
+#[derive(Clone)]
+struct CachedDocument {
+    doc: Arc<ExecutableDocument>,
+    /// Estimated bytes held: the text plus the parsed tree.
+    weight: u32,
+}
+
+/// Heap bytes a parsed document takes per lexical token, measured on the
+/// card and introspection queries (see the `parsed_size` unit test).
+pub const DOC_BYTES_PER_TOKEN: usize = 160;
+
 impl DocumentCache {
-    /// A cache holding up to `bytes` of query text (0: parse every time),
-    /// admitting documents within the given limits.
-    pub fn new(bytes: u64, max_aliases: usize, max_depth: usize) -> Self {
+    /// A cache holding up to about `bytes` of parsed documents (0: parse
+    /// every time), admitting documents within `settings`' limits.
+    pub fn new(settings: &GraphqlSettings) -> Self {
+        let bytes = settings.document_cache_bytes;
         let cache = (bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(bytes)
-                .weigher(|query: &Arc<str>, _doc| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .weigher(|_: &Arc<str>, cached: &CachedDocument| cached.weight)
                 .build()
         });
         Self {
             cache,
-            max_aliases,
-            max_depth,
+            limits: limits::Limits {
+                document: guard::DocumentLimits {
+                    max_nesting: settings.max_nesting,
+                    max_tokens: settings.max_tokens,
+                    max_directives: settings.max_directives,
+                    max_fields: settings.max_fields,
+                },
+                max_aliases: settings.max_aliases,
+                max_depth: settings.max_depth,
+            },
         }
     }
 
-    /// Gives `request` its parsed document (cached, or parsed and checked
-    /// now). A document that does not parse or breaks a limit is refused
-    /// with a coded error and never cached.
-    pub fn prepare(&self, request: &mut async_graphql::Request) -> Result<(), ServerError> {
-        if let Some(doc) = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.get(request.query.as_str()))
-        {
-            request.set_parsed_query((*doc).clone());
-            return Ok(());
+    /// The parsed document of `query`: cached, or scanned, parsed and
+    /// checked now. A document that does not parse or breaks a limit is
+    /// refused with a coded error and never cached.
+    pub fn prepare(&self, query: &str) -> Result<Arc<ExecutableDocument>, ServerError> {
+        if let Some(cached) = self.cache.as_ref().and_then(|c| c.get(query)) {
+            return Ok(cached.doc);
         }
-        let doc = limits::parse(&request.query, self.max_aliases, self.max_depth)?;
+        let checked = limits::parse(query, &self.limits)?;
+        let doc = Arc::new(checked.doc);
         if let Some(cache) = &self.cache {
-            cache.insert(Arc::from(request.query.as_str()), Arc::new(doc.clone()));
+            let weight = query
+                .len()
+                .saturating_add(checked.tokens.saturating_mul(DOC_BYTES_PER_TOKEN));
+            cache.insert(
+                Arc::from(query),
+                CachedDocument {
+                    doc: doc.clone(),
+                    weight: u32::try_from(weight).unwrap_or(u32::MAX),
+                },
+            );
         }
-        request.set_parsed_query(doc);
-        Ok(())
+        Ok(doc)
     }
 }
 

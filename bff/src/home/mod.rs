@@ -86,7 +86,11 @@ impl HomeQuery {
     /// asking member, flash sales, recommendations and coupons.
     #[graphql(complexity = "HOME_CARD_COST + child_complexity")]
     #[tracing::instrument(name = "home_card", level = "debug", skip_all, fields(mall_id = %mall_id.0))]
-    async fn home_card(&self, ctx: &Context<'_>, mall_id: ID) -> Result<HomeCard> {
+    async fn home_card(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The mall whose home screen to build.")] mall_id: ID,
+    ) -> Result<HomeCard> {
         let mall_id = MallId::parse(mall_id.0).map_err(ApiError::from)?;
         let req = request(ctx)?;
         let loaders = &req.loaders;

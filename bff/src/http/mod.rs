@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             "/graphql",
             get(graphql::http::graphql)
                 .post(graphql::http::graphql)
+                .fallback(graphql::http::method_not_allowed)
                 .layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
         .route("/healthz", get(healthz))

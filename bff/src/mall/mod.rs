@@ -153,7 +153,11 @@ impl MallQuery {
     }
 
     /// One mall by id; null if the tenant has no such mall.
-    async fn mall(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Mall>> {
+    async fn mall(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The mall's id, e.g. `mall-1`.")] id: ID,
+    ) -> Result<Option<Mall>> {
         let id = MallId::parse(id.0).map_err(ApiError::from)?;
         let mall = request(ctx)?
             .loaders

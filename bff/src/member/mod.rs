@@ -69,8 +69,9 @@ impl Member {
         &self.level
     }
     /// Points balance.
-    async fn points(&self) -> i64 {
-        self.points
+    async fn points(&self) -> i32 {
+        // Capped to `Int` by the member service client.
+        i32::try_from(self.points).unwrap_or(i32::MAX)
     }
     /// Wallet (stored value) balance.
     async fn wallet(&self) -> Money {
@@ -116,8 +117,8 @@ impl Coupon {
         self.min_spend
     }
     /// When the coupon expires.
-    async fn expires_at(&self) -> DateTime<Utc> {
-        self.expires_at
+    async fn expires_at(&self) -> crate::domain::Timestamp {
+        crate::domain::Timestamp(self.expires_at)
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::engine::{self, ActiveRule, Applied, Priced};
 use super::host::{LogLevel, wit};
@@ -15,7 +15,9 @@ use super::model::{
 use super::registry::{PublishRequest, RuleStats};
 use super::{CartLine, CartRequest};
 use crate::auth::{Principal, Role};
-use crate::domain::{InvalidInput, MallId, Money, ProductId, StoreId, TenantId};
+use crate::domain::{
+    InvalidInput, MallId, MinorUnits, Money, ProductId, StoreId, TenantId, Timestamp,
+};
 use crate::error::ApiError;
 use crate::graphql::{RequestContext, request};
 use crate::product::{AppliedPromotion, Product};
@@ -24,8 +26,10 @@ use crate::product::{AppliedPromotion, Product};
 pub const MAX_CART_LINES: usize = 100;
 /// Most units of one line.
 pub const MAX_QUANTITY: i32 = 999;
-/// Largest unit price or bill (minor units): ¥1,000,000,000.
-pub const MAX_UNIT_PRICE: i64 = 100_000_000_000;
+/// Largest unit price or bill (minor units): ¥100,000,000. With at most
+/// [`MAX_CART_LINES`] lines of [`MAX_QUANTITY`] units, every sum stays far
+/// below [`crate::domain::MAX_MINOR_UNITS`].
+pub const MAX_UNIT_PRICE: i64 = 10_000_000_000;
 /// Dry runs that may run at once on a node (they may use large limits).
 const DRY_RUNS_AT_ONCE: usize = 2;
 /// Longest sample-cart coupon or tag list.
@@ -57,12 +61,13 @@ pub struct CartInput {
     pub store_id: Option<ID>,
     /// Items to buy (at most 100 lines, each product once).
     pub items: Option<Vec<CartItemInput>>,
-    /// A bill amount in minor units to pay at `storeId`.
-    pub bill_amount: Option<i64>,
+    /// A bill amount in minor units to pay at `storeId` (1 to
+    /// 10000000000).
+    pub bill_amount: Option<MinorUnits>,
     /// Coupons the member chooses to use.
     pub coupon_ids: Option<Vec<ID>>,
     /// Points the member wants to spend.
-    pub points_to_use: Option<i64>,
+    pub points_to_use: Option<i32>,
     /// Where the member shops (default: the `X-Channel` header, else `APP`).
     pub channel: Option<Channel>,
 }
@@ -70,11 +75,13 @@ pub struct CartInput {
 /// A priced cart line.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct QuoteLine {
-    /// Line id (the product id, or `bill`).
+    /// Identifies this line of this quote: `<quote id>:<product id>` (or
+    /// `<quote id>:bill`), so client caches never merge lines of different
+    /// quotes.
     pub id: ID,
     /// Product id (the store id for a bill).
     pub product_id: ID,
-    /// Units.
+    /// Units bought.
     pub quantity: i32,
     /// List price of one unit.
     pub unit_price: Money,
@@ -106,21 +113,25 @@ pub struct PromotionHint {
 pub struct OrderPromotion {
     /// `name@version` of the rule.
     pub rule_id: ID,
-    /// Label.
+    /// Label shown to the member, e.g. "Gold member price".
     pub label: String,
     /// Amount taken off.
     pub amount: Money,
-    /// The line, for a line discount.
+    /// The line (its `QuoteLine.id`), for a line discount.
     pub line_id: Option<ID>,
     /// The coupon redeemed, if any.
     pub coupon_id: Option<ID>,
     /// Points spent, for a points offset.
-    pub points: i64,
+    pub points: i32,
 }
 
 /// A priced cart: no side effects, nothing reserved.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct Quote {
+    /// Identifies this answer: a digest of its content, so the same cart
+    /// priced the same way has the same id and different answers never
+    /// share one.
+    pub id: ID,
     /// Lines in the order given.
     pub lines: Vec<QuoteLine>,
     /// Sum of line subtotals.
@@ -128,7 +139,7 @@ pub struct Quote {
     /// Everything taken off by promotions and coupons (points excluded).
     pub discount: Money,
     /// Points spent.
-    pub points_used: i64,
+    pub points_used: i32,
     /// Money the points pay.
     pub points_amount: Money,
     /// What the member pays.
@@ -141,15 +152,21 @@ pub struct Quote {
     pub hints: Vec<PromotionHint>,
 }
 
-fn order_promotion(a: &Applied) -> OrderPromotion {
+fn order_promotion(quote_id: &str, a: &Applied) -> OrderPromotion {
     OrderPromotion {
         rule_id: ID(a.rule_id.clone()),
         label: a.label.clone(),
         amount: money(a.amount),
-        line_id: a.line_id.clone().map(ID),
+        line_id: a.line_id.as_ref().map(|l| ID(format!("{quote_id}:{l}"))),
         coupon_id: a.coupon_id.clone().map(ID),
-        points: a.points,
+        points: points(a.points),
     }
+}
+
+/// Points as the API carries them (`Int`): balances are capped at the
+/// upstream edge, so this never saturates in practice.
+fn points(points: i64) -> i32 {
+    i32::try_from(points.max(0)).unwrap_or(i32::MAX)
 }
 
 fn hints(priced: &Priced) -> Vec<PromotionHint> {
@@ -175,7 +192,11 @@ impl PricingQuery {
     /// item prices, order offers, the chosen coupons and points. No side
     /// effects. Coupons and points need a member token.
     #[graphql(complexity = 200)]
-    async fn quote(&self, ctx: &Context<'_>, input: CartInput) -> Result<Quote> {
+    async fn quote(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The cart: items, or a bill amount at a store.")] input: CartInput,
+    ) -> Result<Quote> {
         let req = request(ctx)?;
         Ok(quote(req, input).await?)
     }
@@ -201,7 +222,7 @@ impl PricingQuery {
     async fn rule_deployment(
         &self,
         ctx: &Context<'_>,
-        name: String,
+        #[graphql(desc = "The deployment's name.")] name: String,
     ) -> Result<Option<RuleDeployment>> {
         let req = request(ctx)?;
         let tenant = staff(req, false)?;
@@ -217,7 +238,11 @@ impl PricingQuery {
     /// Dry-runs an uploaded component with a config against a sample cart:
     /// the outcome, what the host would apply, fuel, time and logs. Nothing
     /// is activated or counted.
-    async fn test_rule(&self, ctx: &Context<'_>, input: TestRuleInput) -> Result<RuleTestResult> {
+    async fn test_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The rule, its settings and the sample cart.")] input: TestRuleInput,
+    ) -> Result<RuleTestResult> {
         let req = request(ctx)?;
         let tenant = staff(req, true)?;
         Ok(test_rule(req, tenant, input).await?)
@@ -236,7 +261,7 @@ impl RulesMutation {
     async fn publish_rule(
         &self,
         ctx: &Context<'_>,
-        input: PublishRuleInput,
+        #[graphql(desc = "The component, its settings, scope and limits.")] input: PublishRuleInput,
     ) -> Result<RuleDeployment> {
         let req = request(ctx)?;
         let tenant = staff(req, true)?;
@@ -258,8 +283,8 @@ impl RulesMutation {
     async fn activate_rule(
         &self,
         ctx: &Context<'_>,
-        name: String,
-        version: Option<i32>,
+        #[graphql(desc = "The deployment's name.")] name: String,
+        #[graphql(desc = "The version to run (default: the newest).")] version: Option<i32>,
     ) -> Result<RuleDeployment> {
         let req = request(ctx)?;
         let tenant = staff(req, true)?;
@@ -277,7 +302,11 @@ impl RulesMutation {
     }
 
     /// Stops a deployment.
-    async fn deactivate_rule(&self, ctx: &Context<'_>, name: String) -> Result<RuleDeployment> {
+    async fn deactivate_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The deployment's name.")] name: String,
+    ) -> Result<RuleDeployment> {
         let req = request(ctx)?;
         let tenant = staff(req, true)?;
         let d = req
@@ -290,7 +319,11 @@ impl RulesMutation {
     }
 
     /// Activates the version before the active one.
-    async fn rollback_rule(&self, ctx: &Context<'_>, name: String) -> Result<RuleDeployment> {
+    async fn rollback_rule(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The deployment's name.")] name: String,
+    ) -> Result<RuleDeployment> {
         let req = request(ctx)?;
         let tenant = staff(req, true)?;
         let d = req
@@ -328,7 +361,7 @@ pub struct PublishRuleInput {
     pub config: String,
     /// Where and when it applies (default: everywhere, always).
     pub scope: Option<Scope>,
-    /// Stage.
+    /// The stage the rule runs in (item, order, coupon or points).
     pub stage: Stage,
     /// Order within the stage, lower first (default 100).
     pub priority: Option<i32>,
@@ -381,6 +414,13 @@ impl RuleDeployment {
 /// A named rule deployment of the tenant.
 #[Object]
 impl RuleDeployment {
+    /// Identifies the deployment across tenants: `<tenant>/<name>`.
+    async fn id(&self) -> ID {
+        ID(format!(
+            "{}/{}",
+            self.deployment.tenant, self.deployment.name
+        ))
+    }
     /// Name, unique within the tenant.
     async fn name(&self) -> &str {
         &self.deployment.name
@@ -398,8 +438,8 @@ impl RuleDeployment {
         self.deployment.quarantine_reason.as_deref()
     }
     /// Last change.
-    async fn updated_at(&self) -> DateTime<Utc> {
-        self.deployment.updated_at
+    async fn updated_at(&self) -> Timestamp {
+        Timestamp(self.deployment.updated_at)
     }
     /// Every version, newest first.
     async fn versions(&self) -> Vec<RuleVersion> {
@@ -439,15 +479,15 @@ impl RuleVersion {
     async fn component(&self) -> &str {
         &self.0.component
     }
-    /// Settings.
+    /// The settings string handed to the rule.
     async fn config(&self) -> &str {
         &self.0.config
     }
-    /// Scope.
+    /// Where and when the version applies.
     async fn scope(&self) -> &Scope {
         &self.0.scope
     }
-    /// Stage.
+    /// The stage the version runs in.
     async fn stage(&self) -> Stage {
         self.0.stage
     }
@@ -468,8 +508,8 @@ impl RuleVersion {
         self.0.failure_policy
     }
     /// When it was published.
-    async fn published_at(&self) -> DateTime<Utc> {
-        self.0.published_at
+    async fn published_at(&self) -> Timestamp {
+        Timestamp(self.0.published_at)
     }
     /// Who published it.
     async fn published_by(&self) -> &str {
@@ -483,7 +523,7 @@ pub struct RuleStatsView(RuleStats);
 /// How a rule version has been doing on this node.
 #[Object(name = "RuleStats")]
 impl RuleStatsView {
-    /// Evaluations.
+    /// Evaluations on this node since it started.
     async fn evaluations(&self) -> u64 {
         self.0.evaluations
     }
@@ -516,8 +556,8 @@ pub struct SampleMemberInput {
     pub level: String,
     /// Points balance.
     #[graphql(default)]
-    pub points: i64,
-    /// Tags.
+    pub points: i32,
+    /// Member tags the rule sees.
     #[graphql(default)]
     pub tags: Vec<String>,
 }
@@ -526,11 +566,11 @@ pub struct SampleMemberInput {
 #[derive(InputObject, Debug, Clone)]
 pub struct SampleFlashSaleInput {
     /// Flash price of one unit.
-    pub price: i64,
-    /// Start.
-    pub starts_at: DateTime<Utc>,
-    /// End.
-    pub ends_at: DateTime<Utc>,
+    pub price: MinorUnits,
+    /// When the flash sale opens.
+    pub starts_at: Timestamp,
+    /// When the flash sale closes.
+    pub ends_at: Timestamp,
 }
 
 /// A sample line for a dry run.
@@ -538,20 +578,20 @@ pub struct SampleFlashSaleInput {
 pub struct SampleLineInput {
     /// Line id (default `line-<n>`).
     pub id: Option<String>,
-    /// SKU.
+    /// The product (SKU) id the rule sees.
     #[graphql(default)]
     pub sku: String,
-    /// Store.
+    /// The store id the rule sees.
     #[graphql(default)]
     pub store: String,
-    /// Category.
+    /// The product category the rule sees.
     #[graphql(default)]
     pub category: String,
-    /// Tags.
+    /// Product tags the rule sees.
     #[graphql(default)]
     pub tags: Vec<String>,
     /// Unit price in minor units.
-    pub unit_price: i64,
+    pub unit_price: MinorUnits,
     /// Units (default 1).
     pub quantity: Option<i32>,
     /// Flash sale.
@@ -561,20 +601,20 @@ pub struct SampleLineInput {
 /// A sample coupon held by the member.
 #[derive(InputObject, Debug, Clone)]
 pub struct SampleCouponInput {
-    /// Id.
+    /// Coupon id, as `chosenCoupons` names it.
     pub id: String,
-    /// Title.
+    /// Title shown to the member.
     #[graphql(default)]
     pub title: String,
     /// Amount off (minor units), for a fixed coupon.
-    pub amount_off: Option<i64>,
-    /// Basis points off, for a percentage coupon.
-    pub percent_off_bp: Option<u32>,
-    /// Minimum payable.
+    pub amount_off: Option<MinorUnits>,
+    /// Percent off (1–100), for a percentage coupon — as `Coupon.percentOff`.
+    pub percent_off: Option<i32>,
+    /// Minimum payable (default 0).
     #[graphql(default)]
-    pub min_spend: i64,
+    pub min_spend: MinorUnits,
     /// Expiry (default: in 30 days).
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<Timestamp>,
 }
 
 /// A sample cart for a dry run.
@@ -582,16 +622,16 @@ pub struct SampleCouponInput {
 pub struct SampleCartInput {
     /// `CART` (default) or `CATALOG`.
     pub kind: Option<SampleKind>,
-    /// Mall id.
-    #[graphql(default)]
-    pub mall_id: String,
+    /// The mall the rule sees (default: none, so mall-scoped checks see
+    /// an empty mall id).
+    pub mall_id: Option<ID>,
     /// Channel (default `APP`).
     pub channel: Option<Channel>,
     /// The time the rule sees (default: now).
-    pub now: Option<DateTime<Utc>>,
+    pub now: Option<Timestamp>,
     /// The member (none: anonymous).
     pub member: Option<SampleMemberInput>,
-    /// Lines.
+    /// The cart's lines (at most 100).
     pub lines: Vec<SampleLineInput>,
     /// Coupons held.
     #[graphql(default)]
@@ -601,7 +641,7 @@ pub struct SampleCartInput {
     pub chosen_coupons: Vec<String>,
     /// Points to use.
     #[graphql(default)]
-    pub points_to_use: i64,
+    pub points_to_use: i32,
 }
 
 /// Kind of a sample batch.
@@ -637,27 +677,27 @@ pub struct TestRuleInput {
 pub struct RuleLog {
     /// `debug`, `info`, `warn` or `error`.
     pub level: String,
-    /// Message.
+    /// The text the rule logged (bounded).
     pub message: String,
 }
 
 /// A line discount proposed by a rule.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct ProposedLineDiscount {
-    /// Line id.
+    /// The line (as the sample cart names it).
     pub line_id: String,
-    /// Amount.
-    pub amount: i64,
-    /// Label.
+    /// Amount the rule proposes to take off the line.
+    pub amount: MinorUnits,
+    /// Label the rule gives the discount.
     pub label: String,
 }
 
 /// An order discount proposed by a rule.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct ProposedOrderDiscount {
-    /// Amount.
-    pub amount: i64,
-    /// Label.
+    /// Amount the rule proposes to take off the order.
+    pub amount: MinorUnits,
+    /// Label the rule gives the discount.
     pub label: String,
     /// Coupon redeemed.
     pub coupon_id: Option<String>,
@@ -666,11 +706,11 @@ pub struct ProposedOrderDiscount {
 /// A points offset proposed by a rule.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct ProposedPoints {
-    /// Points.
-    pub points: i64,
-    /// Money.
-    pub amount: i64,
-    /// Label.
+    /// Points (capped at the largest `Int`).
+    pub points: i32,
+    /// Money the points would pay.
+    pub amount: MinorUnits,
+    /// Label the rule gives the offset.
     pub label: String,
 }
 
@@ -683,7 +723,7 @@ pub struct RuleOutcome {
     pub order_discounts: Vec<ProposedOrderDiscount>,
     /// Points offset.
     pub points: Option<ProposedPoints>,
-    /// Hints.
+    /// Hints the rule proposes to show the member.
     pub hints: Vec<PromotionHint>,
 }
 
@@ -701,7 +741,7 @@ pub struct RuleTestResult {
     /// What the host would apply (validated, capped).
     pub applied: Vec<OrderPromotion>,
     /// Payable after the rule.
-    pub payable: Option<i64>,
+    pub payable: Option<MinorUnits>,
     /// Fuel used (about one unit per instruction).
     pub fuel_used: u64,
     /// Wall-clock microseconds of instantiate + evaluate.
@@ -829,9 +869,14 @@ async fn test_rule(
         applied: run
             .priced
             .as_ref()
-            .map(|p| p.applied.iter().map(order_promotion).collect())
+            .map(|p| {
+                p.applied
+                    .iter()
+                    .map(|a| order_promotion("dry-run", a))
+                    .collect()
+            })
             .unwrap_or_default(),
-        payable: run.priced.as_ref().map(|p| p.payable),
+        payable: run.priced.as_ref().map(|p| MinorUnits(p.payable)),
         fuel_used: run.fuel_used,
         duration_micros: run.elapsed.as_micros() as u64,
         logs,
@@ -846,7 +891,7 @@ fn outcome_view(o: &wit::Outcome) -> RuleOutcome {
             .iter()
             .map(|d| ProposedLineDiscount {
                 line_id: d.line_id.clone(),
-                amount: d.amount,
+                amount: MinorUnits(d.amount),
                 label: d.label.clone(),
             })
             .collect(),
@@ -854,14 +899,14 @@ fn outcome_view(o: &wit::Outcome) -> RuleOutcome {
             .order_discounts
             .iter()
             .map(|d| ProposedOrderDiscount {
-                amount: d.amount,
+                amount: MinorUnits(d.amount),
                 label: d.label.clone(),
                 coupon_id: d.coupon_id.clone(),
             })
             .collect(),
         points: o.points.as_ref().map(|p| ProposedPoints {
-            points: p.points,
-            amount: p.amount,
+            points: points(p.points),
+            amount: MinorUnits(p.amount),
             label: p.label.clone(),
         }),
         hints: o
@@ -885,21 +930,22 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
     let mut lines = Vec::with_capacity(input.lines.len());
     for (n, l) in input.lines.iter().enumerate() {
         let quantity = l.quantity.unwrap_or(1);
+        let unit_price = l.unit_price.0;
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(bad("cart.lines.quantity", "must be between 1 and 999"));
         }
-        if !(0..=MAX_UNIT_PRICE).contains(&l.unit_price) {
+        if !(0..=MAX_UNIT_PRICE).contains(&unit_price) {
             return Err(bad(
                 "cart.lines.unitPrice",
-                "must be between 0 and 100000000000",
+                "must be between 0 and 10000000000",
             ));
         }
         if let Some(f) = &l.flash_sale
-            && !(0..=MAX_UNIT_PRICE).contains(&f.price)
+            && !(0..=MAX_UNIT_PRICE).contains(&f.price.0)
         {
             return Err(bad(
                 "cart.lines.flashSale.price",
-                "must be between 0 and 100000000000",
+                "must be between 0 and 10000000000",
             ));
         }
         let id = l.id.clone().unwrap_or_else(|| format!("line-{}", n + 1));
@@ -912,18 +958,18 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
             store: l.store.clone(),
             category: l.category.clone(),
             tags: l.tags.clone(),
-            unit_price: l.unit_price,
+            unit_price,
             quantity: quantity as u32,
-            payable: l.unit_price.saturating_mul(i64::from(quantity)),
+            payable: unit_price.saturating_mul(i64::from(quantity)),
             flash_sale: l.flash_sale.as_ref().map(|f| wit::FlashSale {
-                price: f.price,
-                starts_at: f.starts_at.timestamp_millis(),
-                ends_at: f.ends_at.timestamp_millis(),
+                price: f.price.0,
+                starts_at: f.starts_at.0.timestamp_millis(),
+                ends_at: f.ends_at.0.timestamp_millis(),
             }),
         });
     }
     let payable = lines.iter().fold(0i64, |a, l| a.saturating_add(l.payable));
-    let now = input.now.unwrap_or_else(Utc::now);
+    let now = input.now.map_or_else(Utc::now, |t| t.0);
     if input.held_coupons.len() > MAX_SAMPLE_LIST || input.chosen_coupons.len() > MAX_SAMPLE_LIST {
         return Err(bad("cart.heldCoupons", "must have at most 100 coupons"));
     }
@@ -931,14 +977,14 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
         return Err(bad("cart.pointsToUse", "points must not be negative"));
     }
     for c in &input.held_coupons {
-        let amounts_ok = c.min_spend >= 0
+        let amounts_ok = (0..=MAX_UNIT_PRICE).contains(&c.min_spend.0)
             && c.amount_off
-                .is_none_or(|a| (0..=MAX_UNIT_PRICE).contains(&a))
-            && c.percent_off_bp.is_none_or(|bp| bp <= 10_000);
+                .is_none_or(|a| (0..=MAX_UNIT_PRICE).contains(&a.0))
+            && c.percent_off.is_none_or(|p| (1..=100).contains(&p));
         if !amounts_ok {
             return Err(bad(
                 "cart.heldCoupons",
-                "amounts must not be negative and percentOffBp at most 10000",
+                "amounts must be between 0 and 10000000000 and percentOff between 1 and 100",
             ));
         }
     }
@@ -948,13 +994,13 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
             _ => wit::BatchKind::Cart,
         },
         tenant: tenant.as_str().to_owned(),
-        mall: input.mall_id.clone(),
+        mall: input.mall_id.clone().map(|m| m.0).unwrap_or_default(),
         channel: channel_wit(input.channel.unwrap_or(Channel::App)),
         now: now.timestamp_millis(),
         member: input.member.as_ref().map(|m| wit::Member {
             id: "sample-member".into(),
             level: m.level.to_ascii_lowercase(),
-            points: m.points,
+            points: i64::from(m.points),
             tags: m.tags.clone(),
         }),
         lines,
@@ -965,19 +1011,22 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
             .map(|c| wit::Coupon {
                 id: c.id.clone(),
                 title: c.title.clone(),
-                value: match (c.amount_off, c.percent_off_bp) {
-                    (_, Some(bp)) => wit::CouponValue::PercentOff(bp),
-                    (amount, None) => wit::CouponValue::AmountOff(amount.unwrap_or(0)),
+                value: match (c.amount_off, c.percent_off) {
+                    // Whole percent in the API, basis points in the WIT.
+                    (_, Some(percent)) => {
+                        wit::CouponValue::PercentOff(percent.unsigned_abs() * 100)
+                    }
+                    (amount, None) => wit::CouponValue::AmountOff(amount.map_or(0, |a| a.0)),
                 },
-                min_spend: c.min_spend,
+                min_spend: c.min_spend.0,
                 expires_at: c
                     .expires_at
-                    .unwrap_or_else(|| now + chrono::Duration::days(30))
+                    .map_or_else(|| now + chrono::Duration::days(30), |t| t.0)
                     .timestamp_millis(),
             })
             .collect(),
         chosen_coupons: input.chosen_coupons.clone(),
-        points_to_use: input.points_to_use.max(0),
+        points_to_use: i64::from(input.points_to_use.max(0)),
     })
 }
 
@@ -1003,7 +1052,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
     if coupon_ids.len() > 10 {
         return Err(bad("couponIds", "must have at most 10 coupons"));
     }
-    let points_to_use = input.points_to_use.unwrap_or(0);
+    let points_to_use = i64::from(input.points_to_use.unwrap_or(0));
     if points_to_use < 0 {
         return Err(bad("pointsToUse", "must not be negative"));
     }
@@ -1014,7 +1063,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
 
     // The lines: products of the mall, or one bill line at a store.
     let mut products: Vec<(Product, u32)> = Vec::new();
-    match (&input.items, input.bill_amount) {
+    match (&input.items, input.bill_amount.map(|m| m.0)) {
         (Some(items), None) => {
             if items.is_empty() || items.len() > MAX_CART_LINES {
                 return Err(bad("items", "must have 1 to 100 lines"));
@@ -1053,7 +1102,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
         }
         (None, Some(amount)) => {
             if !(1..=MAX_UNIT_PRICE).contains(&amount) {
-                return Err(bad("billAmount", "must be between 1 and 100000000000"));
+                return Err(bad("billAmount", "must be between 1 and 10000000000"));
             }
             let store_id = input
                 .store_id
@@ -1140,12 +1189,13 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
         .quote(&snapshot, &tenant, &request)
         .map_err(|f| ApiError::RuleFailed { rule: f.rule_id })?;
 
+    let quote_id = quote_digest(&priced, &products);
     let lines = priced
         .lines
         .iter()
         .zip(&products)
         .map(|(l, (p, q))| QuoteLine {
-            id: ID(l.id.clone()),
+            id: ID(format!("{quote_id}:{}", l.id)),
             product_id: ID(if p.id.as_str() == "bill" {
                 p.store_id.to_string()
             } else {
@@ -1163,11 +1213,63 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
         lines,
         subtotal: money(priced.subtotal),
         discount: money(priced.discount),
-        points_used: priced.points_used,
+        points_used: points(priced.points_used),
         points_amount: money(priced.points_amount),
         payable: money(priced.payable),
         applied: priced.applied.iter().map(AppliedPromotion::from).collect(),
-        applied_detail: priced.applied.iter().map(order_promotion).collect(),
+        applied_detail: priced
+            .applied
+            .iter()
+            .map(|a| order_promotion(&quote_id, a))
+            .collect(),
         hints: hints(&priced),
+        id: ID(quote_id),
     })
+}
+
+/// A short digest of everything a quote answers: its lines, amounts and
+/// what was applied.
+fn quote_digest(priced: &Priced, products: &[(Product, u32)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (line, (product, quantity)) in priced.lines.iter().zip(products) {
+        hash.update(
+            format!(
+                "{}|{}|{}|{}|{}|{};",
+                line.id,
+                product.store_id,
+                quantity,
+                product.list_price.minor(),
+                line.subtotal,
+                line.payable
+            )
+            .as_bytes(),
+        );
+    }
+    hash.update(
+        format!(
+            "{}|{}|{}|{}|{}",
+            priced.subtotal,
+            priced.discount,
+            priced.points_used,
+            priced.points_amount,
+            priced.payable
+        )
+        .as_bytes(),
+    );
+    for a in &priced.applied {
+        hash.update(
+            format!(
+                "{}|{}|{:?}|{:?}|{};",
+                a.rule_id, a.amount, a.line_id, a.coupon_id, a.points
+            )
+            .as_bytes(),
+        );
+    }
+    for h in &priced.hints {
+        hash.update(
+            format!("{}|{}|{}|{:?};", h.rule_id, h.code, h.message, h.shortfall).as_bytes(),
+        );
+    }
+    format!("q_{}", &hex::encode(hash.finalize())[..24])
 }

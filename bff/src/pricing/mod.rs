@@ -230,8 +230,8 @@ pub fn build_cart(
                 payable: unit.saturating_mul(i64::from(l.quantity)),
                 flash_sale: p.flash_sale.as_ref().map(|f| wit::FlashSale {
                     price: f.price.minor(),
-                    starts_at: millis(f.starts_at),
-                    ends_at: millis(f.ends_at),
+                    starts_at: millis(f.starts_at.0),
+                    ends_at: millis(f.ends_at.0),
                 }),
             }
         })

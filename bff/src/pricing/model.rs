@@ -162,9 +162,9 @@ pub struct Scope {
     /// Channels the rule applies on (empty: every channel).
     pub channels: Vec<Channel>,
     /// Start of the rule's window (inclusive).
-    pub starts_at: Option<DateTime<Utc>>,
+    pub starts_at: Option<crate::domain::Timestamp>,
     /// End of the rule's window (exclusive).
-    pub ends_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<crate::domain::Timestamp>,
 }
 
 impl Scope {
@@ -172,8 +172,8 @@ impl Scope {
     pub fn covers(&self, mall: &str, channel: Channel, now: DateTime<Utc>) -> bool {
         (self.malls.is_empty() || self.malls.iter().any(|m| m == mall))
             && (self.channels.is_empty() || self.channels.contains(&channel))
-            && self.starts_at.is_none_or(|s| now >= s)
-            && self.ends_at.is_none_or(|e| now < e)
+            && self.starts_at.is_none_or(|s| now >= s.0)
+            && self.ends_at.is_none_or(|e| now < e.0)
     }
 }
 

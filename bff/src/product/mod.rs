@@ -8,7 +8,6 @@ use async_graphql::dataloader::Loader;
 use async_graphql::{Context, ID, Object, Result, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
 
 use crate::domain::{InvalidInput, MallId, Money, ProductId, StoreId, TenantId};
 use crate::error::ApiError;
@@ -51,9 +50,9 @@ pub struct FlashSale {
     /// Price during the window.
     pub price: Money,
     /// When the window opens.
-    pub starts_at: DateTime<Utc>,
+    pub starts_at: crate::domain::Timestamp,
     /// When the window closes.
-    pub ends_at: DateTime<Utc>,
+    pub ends_at: crate::domain::Timestamp,
     /// Units offered in the flash sale.
     pub stock: u32,
 }
@@ -261,19 +260,20 @@ pub struct ProductQuery;
 
 #[Object]
 impl ProductQuery {
-    /// A mall's products, in recommended order, a page at a time
-    /// (`first` ≤ 100, default 20; `after` is an `endCursor`).
+    /// A mall's products, in recommended order, a page at a time.
     #[graphql(
         complexity = "first.unwrap_or(DEFAULT_PAGE as i32).clamp(1, MAX_PAGE as i32) as usize * child_complexity"
     )]
     async fn products(
         &self,
         ctx: &Context<'_>,
-        mall_id: ID,
-        first: Option<i32>,
+        #[graphql(desc = "The mall whose products to list.")] mall_id: ID,
+        #[graphql(desc = "Page size, 1 to 100.", default = 20)] first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor: an `endCursor` of this list (same mall).")]
         after: Option<String>,
     ) -> Result<ProductConnection> {
         let mall = MallId::parse(mall_id.0).map_err(ApiError::from)?;
+        let req = request(ctx)?;
         let first = match first {
             None => DEFAULT_PAGE,
             Some(n) if n >= 1 && n as usize <= MAX_PAGE => n as usize,
@@ -285,8 +285,11 @@ impl ProductQuery {
                 .into());
             }
         };
-        let after = after.as_deref().map(decode_cursor).transpose()?;
-        let req = request(ctx)?;
+        let tenant = req.principal.tenant();
+        let after = after
+            .as_deref()
+            .map(|c| decode_cursor(c, tenant, &mall))
+            .transpose()?;
         let page = req
             .upstreams
             .product
@@ -318,8 +321,14 @@ impl ProductQuery {
         }
 
         let nodes: Vec<Product> = page.items.iter().map(|(_, p)| p.clone()).collect();
-        let end_cursor = page.items.last().map(|(c, _)| encode_cursor(c));
-        let start_cursor = page.items.first().map(|(c, _)| encode_cursor(c));
+        let end_cursor = page
+            .items
+            .last()
+            .map(|(c, _)| encode_cursor(tenant, &mall, c));
+        let start_cursor = page
+            .items
+            .first()
+            .map(|(c, _)| encode_cursor(tenant, &mall, c));
         Ok(ProductConnection {
             page_info: PageInfo {
                 has_previous_page: after.is_some(),
@@ -330,34 +339,49 @@ impl ProductQuery {
             edges: page
                 .items
                 .into_iter()
-                .map(|(cursor, product)| Edge::new(encode_cursor(&cursor), product))
+                .map(|(cursor, product)| Edge::new(encode_cursor(tenant, &mall, &cursor), product))
                 .collect(),
             nodes,
         })
     }
 }
 
-/// Client cursors wrap the upstream's opaque cursor so clients never build
-/// or parse upstream cursors themselves.
-fn encode_cursor(upstream: &str) -> String {
-    URL_SAFE_NO_PAD.encode(upstream)
+/// Client cursors wrap the upstream's opaque cursor, bound to the list
+/// they page (tenant and mall), so clients never build or parse upstream
+/// cursors and a cursor of one list cannot page another.
+fn encode_cursor(tenant: &TenantId, mall: &MallId, upstream: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("1|{tenant}|{mall}|{upstream}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+fn decode_cursor(cursor: &str, tenant: &TenantId, mall: &MallId) -> Result<String, ApiError> {
     const BAD: InvalidInput = InvalidInput {
         what: "after",
         reason: "is not a cursor returned by this API",
     };
-    // Upstream cursors are opaque: any printable text up to 256 bytes.
-    if cursor.len() > 344 {
+    // Upstream cursors are opaque: any printable text up to 256 bytes,
+    // behind a prefix of two ids of at most 64 bytes each.
+    if cursor.len() > 600 {
         return Err(BAD.into());
     }
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| BAD)?;
-    let raw = String::from_utf8(bytes).map_err(|_| BAD)?;
+    let text = String::from_utf8(bytes).map_err(|_| BAD)?;
+    let mut parts = text.splitn(4, '|');
+    let (Some("1"), Some(t), Some(m), Some(raw)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BAD.into());
+    };
+    if t != tenant.as_str() || m != mall.as_str() {
+        return Err(InvalidInput {
+            what: "after",
+            reason: "is a cursor of another list (another mall)",
+        }
+        .into());
+    }
     if raw.is_empty() || raw.len() > 256 || raw.chars().any(char::is_control) {
         return Err(BAD.into());
     }
-    Ok(raw)
+    Ok(raw.to_owned())
 }
 
 /// Batches product lookups of one request.
@@ -383,10 +407,25 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_rejected() {
-        assert_eq!(decode_cursor(&encode_cursor("p19")).unwrap(), "p19");
-        assert_eq!(decode_cursor(&encode_cursor("a=b/c.d")).unwrap(), "a=b/c.d");
-        assert!(decode_cursor("not base64!").is_err());
-        assert!(decode_cursor(&encode_cursor("p1\n")).is_err());
-        assert!(decode_cursor(&encode_cursor(&"p".repeat(300))).is_err());
+        let t = TenantId::parse("demo").unwrap();
+        let m = MallId::parse("mall-1").unwrap();
+        let round = |raw: &str| decode_cursor(&encode_cursor(&t, &m, raw), &t, &m);
+        assert_eq!(round("p19").unwrap(), "p19");
+        assert_eq!(round("a=b/c.d|e").unwrap(), "a=b/c.d|e");
+        assert!(decode_cursor("not base64!", &t, &m).is_err());
+        assert!(round("p1\n").is_err());
+        assert!(round(&"p".repeat(300)).is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("p19"), &t, &m).is_err());
+    }
+
+    #[test]
+    fn a_cursor_only_pages_its_own_list() {
+        let t = TenantId::parse("demo").unwrap();
+        let m1 = MallId::parse("mall-1").unwrap();
+        let m2 = MallId::parse("mall-2").unwrap();
+        let other = TenantId::parse("other").unwrap();
+        let cursor = encode_cursor(&t, &m1, "p19");
+        assert!(decode_cursor(&cursor, &t, &m2).is_err());
+        assert!(decode_cursor(&cursor, &other, &m1).is_err());
     }
 }

@@ -10,12 +10,27 @@ use tokio::sync::broadcast;
 use super::{Event, Store, StoreError};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Expiring values: 8 bytes of expiry (ms since the epoch, big endian),
+/// then the value. Expired entries are ignored when read and purged now
+/// and then when written.
+const EXPIRING: TableDefinition<&str, &[u8]> = TableDefinition::new("expiring");
+
+/// Every this many expiring writes, expired entries are purged.
+const PURGE_EVERY: u64 = 256;
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
 
 /// A file-backed store for a single node.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
     events: broadcast::Sender<Event>,
+    expiring_writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -34,11 +49,13 @@ impl EmbeddedStore {
         let db = Database::create(path).map_err(StoreError::from_display)?;
         let tx = db.begin_write().map_err(StoreError::from_display)?;
         tx.open_table(KV).map_err(StoreError::from_display)?;
+        tx.open_table(EXPIRING).map_err(StoreError::from_display)?;
         tx.commit().map_err(StoreError::from_display)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             db: Arc::new(db),
             events,
+            expiring_writes: Arc::default(),
         })
     }
 
@@ -122,6 +139,58 @@ impl Store for EmbeddedStore {
             let existed = tx.open_table(KV)?.remove(key.as_str())?.is_some();
             tx.commit()?;
             Ok(existed)
+        })
+        .await
+    }
+
+    async fn get_expiring(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = full_key(space, key);
+        self.blocking(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(EXPIRING)?;
+            let Some(entry) = table.get(key.as_str())? else {
+                return Ok(None);
+            };
+            let raw = entry.value();
+            let Some((expiry, value)) = raw.split_first_chunk::<8>() else {
+                return Ok(None);
+            };
+            Ok((u64::from_be_bytes(*expiry) > now_millis()).then(|| value.to_vec()))
+        })
+        .await
+    }
+
+    async fn put_expiring(
+        &self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let key = full_key(space, key);
+        let now = now_millis();
+        let expiry = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut entry = Vec::with_capacity(8 + value.len());
+        entry.extend_from_slice(&expiry.to_be_bytes());
+        entry.extend_from_slice(value);
+        let purge = self
+            .expiring_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(PURGE_EVERY);
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(EXPIRING)?;
+                table.insert(key.as_str(), entry.as_slice())?;
+                if purge {
+                    table.retain(|_, v| {
+                        v.split_first_chunk::<8>()
+                            .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
+                    })?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

@@ -65,6 +65,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a key. Returns whether it existed.
     async fn delete(&self, space: &str, key: &str) -> Result<bool, StoreError>;
 
+    /// Reads a value written by [`Store::put_expiring`], unless it expired.
+    async fn get_expiring(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes a value that disappears after `ttl` (cache-like data every
+    /// node shares, such as registered persisted queries).
+    async fn put_expiring(
+        &self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
     /// Publishes an event to every node (this one included).
     async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError>;
 

@@ -65,6 +65,12 @@ impl RedisStore {
     fn hash(&self, space: &str) -> String {
         format!("{}:{space}", self.namespace)
     }
+
+    /// Expiring values are plain keys (a hash field cannot expire on its
+    /// own): `<namespace>:x:<space>:<key>`.
+    fn expiring_key(&self, space: &str, key: &str) -> String {
+        format!("{}:x:{space}:{key}", self.namespace)
+    }
 }
 
 async fn subscribe(
@@ -170,6 +176,29 @@ impl Store for RedisStore {
             .await
             .map_err(StoreError::from_display)?;
         Ok(removed > 0)
+    }
+
+    async fn get_expiring(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.connection.clone();
+        c.get(self.expiring_key(space, key))
+            .await
+            .map_err(StoreError::from_display)
+    }
+
+    async fn put_expiring(
+        &self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut c = self.connection.clone();
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = c
+            .pset_ex(self.expiring_key(space, key), value, millis)
+            .await
+            .map_err(StoreError::from_display)?;
+        Ok(())
     }
 
     async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError> {

@@ -39,7 +39,9 @@ impl MemberDto {
             id: MemberId::parse(self.member_id).ok()?,
             nickname: self.nickname,
             level: self.level_code,
-            points: self.points_balance.max(0),
+            // Points are an `Int` in the API: a balance beyond it breaks the
+            // contract, and the record is refused like any other bad one.
+            points: i64::from(i32::try_from(self.points_balance.max(0)).ok()?),
             wallet: Money::from_minor(self.wallet_balance_fen).ok()?,
             tags: self.tags,
         })

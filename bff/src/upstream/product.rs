@@ -52,8 +52,8 @@ impl ProductDto {
         let flash_sale = match self.flash {
             Some(f) => Some(FlashSale {
                 price: Money::from_minor(f.flash_price_fen).ok()?,
-                starts_at: DateTime::from_timestamp(f.start_at, 0)?,
-                ends_at: DateTime::from_timestamp(f.end_at, 0)?,
+                starts_at: DateTime::from_timestamp(f.start_at, 0)?.into(),
+                ends_at: DateTime::from_timestamp(f.end_at, 0)?.into(),
                 stock: f.flash_stock,
             }),
             None => None,

@@ -156,6 +156,25 @@ pub async fn run_browser_test(script: &str, env: &[(&str, &str)]) {
     );
 }
 
+/// Runs one of `web/tests/` with node (no browser): a real GraphQL client
+/// against a running app. Fails with the script's output.
+pub async fn run_node_test(script: &str, env: &[(&str, &str)]) {
+    ensure_node_modules();
+    let output = tokio::process::Command::new("node")
+        .args(["--test", script])
+        .current_dir(web_dir())
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "node test {script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Installs the web test dependencies from the lock file if missing, once
 /// per test run (`npm ci` empties `node_modules` first, so two at once would
 /// break each other).
@@ -163,7 +182,9 @@ fn ensure_node_modules() {
     static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONCE.lock().unwrap_or_else(|e| e.into_inner());
     let web = web_dir();
-    if web.join("node_modules/playwright-core").exists() {
+    if web.join("node_modules/playwright-core").exists()
+        && web.join("node_modules/@apollo/client").exists()
+    {
         return;
     }
     let status = std::process::Command::new("npm")

@@ -869,8 +869,9 @@ async fn mutations_over_get_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(codes(&body), vec!["BAD_REQUEST"]);
+    assert_eq!(codes(&body), vec!["METHOD_NOT_ALLOWED"]);
     let stats = rule_stats(&app, "member-price").await;
     assert_eq!(stats["status"], "ACTIVE");
 }

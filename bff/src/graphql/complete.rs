@@ -1,0 +1,605 @@
+//! Completing a response as the GraphQL specification defines it.
+//!
+//! The executor leaves a field that failed *out* of its parent object, and
+//! turns an object all of whose fields failed into `null`. The
+//! specification instead wants every selected field present — a failed
+//! nullable field as `null` beside its error — and a failed non-null field
+//! to make its nearest nullable ancestor `null` (§6.4.4 "Handling Field
+//! Errors"). Typed clients rely on this: Apollo Client treats a missing key
+//! as a cache miss and refetches, and a `null` in a non-null position breaks
+//! generated types.
+//!
+//! [`Shape`] knows every object type's fields and their nullability (read
+//! once from the schema's SDL). [`Shape::complete`] walks the data along the
+//! selected operation — fields collected as the specification's
+//! `CollectFields` does, `@skip` / `@include` evaluated with the request's
+//! variables — and, in one pass:
+//!
+//! * puts every selected field in selection order, inserting `null` where
+//!   the executor left a key out;
+//! * re-creates objects the executor collapsed to `null` when their own
+//!   fields failed (a non-null object, or one with errors below it);
+//! * propagates `null` from a non-null position to the nearest nullable
+//!   parent, up to `data` itself.
+//!
+//! Its recursion follows the document's selection nesting, which the
+//! document guard has already bounded.
+
+use std::collections::{HashMap, HashSet};
+
+use async_graphql::indexmap::IndexMap;
+use async_graphql::parser::types::{
+    BaseType, Directive, ExecutableDocument, OperationDefinition, OperationType, Selection,
+    SelectionSet, Type, TypeKind, TypeSystemDefinition,
+};
+use async_graphql::{Name, PathSegment, ServerError, Value, Variables};
+
+/// A field of an object type: its declared type.
+#[derive(Debug)]
+struct FieldShape {
+    ty: Type,
+}
+
+#[derive(Debug)]
+enum TypeShape {
+    /// An object or interface type and its fields.
+    Composite(HashMap<String, FieldShape>),
+    /// A scalar or enum.
+    Leaf,
+}
+
+/// The schema's output types as completion needs them.
+#[derive(Debug)]
+pub struct Shape {
+    types: HashMap<String, TypeShape>,
+    /// Abstract type name → the object types it may be.
+    possible: HashMap<String, HashSet<String>>,
+    query: String,
+    mutation: String,
+}
+
+/// A non-null position turned out null: its parent must become null.
+struct Propagate;
+
+impl Shape {
+    /// Reads the shape from the schema's SDL (what `bff schema` prints).
+    pub fn from_sdl(sdl: &str) -> anyhow::Result<Self> {
+        let doc = async_graphql::parser::parse_schema(sdl)?;
+        let mut types = HashMap::new();
+        let mut possible: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut query = "Query".to_owned();
+        let mut mutation = "Mutation".to_owned();
+        for def in doc.definitions {
+            match def {
+                TypeSystemDefinition::Schema(schema) => {
+                    if let Some(q) = &schema.node.query {
+                        query = q.node.to_string();
+                    }
+                    if let Some(m) = &schema.node.mutation {
+                        mutation = m.node.to_string();
+                    }
+                }
+                TypeSystemDefinition::Type(ty) => {
+                    let name = ty.node.name.node.to_string();
+                    let fields = |defs: &[async_graphql::Positioned<
+                        async_graphql::parser::types::FieldDefinition,
+                    >]| {
+                        defs.iter()
+                            .map(|f| {
+                                (
+                                    f.node.name.node.to_string(),
+                                    FieldShape {
+                                        ty: f.node.ty.node.clone(),
+                                    },
+                                )
+                            })
+                            .collect::<HashMap<_, _>>()
+                    };
+                    let shape = match &ty.node.kind {
+                        TypeKind::Object(obj) => {
+                            for iface in &obj.implements {
+                                possible
+                                    .entry(iface.node.to_string())
+                                    .or_default()
+                                    .insert(name.clone());
+                            }
+                            TypeShape::Composite(fields(&obj.fields))
+                        }
+                        TypeKind::Interface(iface) => TypeShape::Composite(fields(&iface.fields)),
+                        TypeKind::Union(union) => {
+                            possible
+                                .entry(name.clone())
+                                .or_default()
+                                .extend(union.members.iter().map(|m| m.node.to_string()));
+                            TypeShape::Leaf
+                        }
+                        _ => TypeShape::Leaf,
+                    };
+                    types.insert(name, shape);
+                }
+                TypeSystemDefinition::Directive(_) => {}
+            }
+        }
+        Ok(Self {
+            types,
+            possible,
+            query,
+            mutation,
+        })
+    }
+
+    /// Completes `data` for the selected operation of `doc`. Returns the
+    /// completed data, or `Value::Null` when null propagated to the root.
+    pub fn complete(
+        &self,
+        data: Value,
+        doc: &ExecutableDocument,
+        operation_name: Option<&str>,
+        variables: &Variables,
+        errors: &[ServerError],
+    ) -> Value {
+        let Some(op) = select_operation(doc, operation_name) else {
+            return data;
+        };
+        let root = match op.ty {
+            OperationType::Query => self.query.as_str(),
+            OperationType::Mutation => self.mutation.as_str(),
+            OperationType::Subscription => return data,
+        };
+        let vars = VariableValues::new(op, variables);
+        let walk = Walk {
+            shape: self,
+            doc,
+            vars,
+            errors,
+        };
+        let mut map = match data {
+            Value::Object(map) => map,
+            // Every root field failed; the root object still exists.
+            _ => IndexMap::new(),
+        };
+        let mut path = Vec::new();
+        match walk.object(&mut map, root, &[&op.selection_set.node], &mut path) {
+            Ok(()) => Value::Object(map),
+            Err(Propagate) => Value::Null,
+        }
+    }
+}
+
+/// The operation a request runs: the named one, or the only one.
+pub fn select_operation<'a>(
+    doc: &'a ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
+    match operation_name {
+        Some(name) => doc
+            .operations
+            .iter()
+            .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))
+            .map(|(_, op)| &op.node),
+        None => {
+            let mut ops = doc.operations.iter();
+            let first = ops.next()?;
+            ops.next().is_none().then_some(&first.1.node)
+        }
+    }
+}
+
+/// The request's variables with the operation's defaults applied.
+struct VariableValues<'a> {
+    given: &'a Variables,
+    defaults: HashMap<&'a str, Value>,
+}
+
+impl<'a> VariableValues<'a> {
+    fn new(op: &'a OperationDefinition, given: &'a Variables) -> Self {
+        let defaults = op
+            .variable_definitions
+            .iter()
+            .filter_map(|def| {
+                def.node
+                    .default_value
+                    .as_ref()
+                    .map(|v| (def.node.name.node.as_str(), v.node.clone()))
+            })
+            .collect();
+        Self { given, defaults }
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.given.get(name).or_else(|| self.defaults.get(name))
+    }
+}
+
+struct Walk<'a> {
+    shape: &'a Shape,
+    doc: &'a ExecutableDocument,
+    vars: VariableValues<'a>,
+    errors: &'a [ServerError],
+}
+
+/// Selected fields of one response key, merged across fragments.
+struct Collected<'a> {
+    name: &'a str,
+    sets: Vec<&'a SelectionSet>,
+}
+
+impl<'a> Walk<'a> {
+    /// Whether `@skip` / `@include` leave this selection in.
+    fn included(&self, directives: &[async_graphql::Positioned<Directive>]) -> bool {
+        for dir in directives {
+            let name = dir.node.name.node.as_str();
+            if name != "skip" && name != "include" {
+                continue;
+            }
+            let flag = dir
+                .node
+                .get_argument("if")
+                .map(|v| match &v.node {
+                    async_graphql_value::Value::Boolean(b) => *b,
+                    async_graphql_value::Value::Variable(var) => {
+                        matches!(self.vars.get(var.as_str()), Some(Value::Boolean(true)))
+                    }
+                    _ => false,
+                })
+                .unwrap_or(false);
+            if (name == "skip" && flag) || (name == "include" && !flag) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn applies(&self, condition: Option<&str>, object_type: &str) -> bool {
+        match condition {
+            None => true,
+            Some(cond) if cond == object_type => true,
+            Some(cond) => self
+                .shape
+                .possible
+                .get(cond)
+                .is_some_and(|set| set.contains(object_type)),
+        }
+    }
+
+    /// The specification's `CollectFields`, over several selection sets
+    /// (a field selected more than once merges its sub-selections).
+    fn collect(
+        &self,
+        object_type: &str,
+        sets: &[&'a SelectionSet],
+        out: &mut IndexMap<&'a str, Collected<'a>>,
+        visited: &mut HashSet<&'a str>,
+    ) {
+        for set in sets {
+            for sel in &set.items {
+                match &sel.node {
+                    Selection::Field(field) => {
+                        if !self.included(&field.node.directives) {
+                            continue;
+                        }
+                        let key = field.node.response_key().node.as_str();
+                        let entry = out.entry(key).or_insert_with(|| Collected {
+                            name: field.node.name.node.as_str(),
+                            sets: Vec::new(),
+                        });
+                        entry.sets.push(&field.node.selection_set.node);
+                    }
+                    Selection::InlineFragment(frag) => {
+                        if !self.included(&frag.node.directives) {
+                            continue;
+                        }
+                        let cond = frag
+                            .node
+                            .type_condition
+                            .as_ref()
+                            .map(|c| c.node.on.node.as_str());
+                        if self.applies(cond, object_type) {
+                            self.collect(
+                                object_type,
+                                &[&frag.node.selection_set.node],
+                                out,
+                                visited,
+                            );
+                        }
+                    }
+                    Selection::FragmentSpread(spread) => {
+                        if !self.included(&spread.node.directives) {
+                            continue;
+                        }
+                        let name = spread.node.fragment_name.node.as_str();
+                        let Some((key, frag)) = self.doc.fragments.get_key_value(name) else {
+                            continue;
+                        };
+                        if !visited.insert(key.as_str()) {
+                            continue;
+                        }
+                        let cond = frag.node.type_condition.node.on.node.as_str();
+                        if self.applies(Some(cond), object_type) {
+                            self.collect(
+                                object_type,
+                                &[&frag.node.selection_set.node],
+                                out,
+                                visited,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether an error was raised strictly below `path`.
+    fn errors_below(&self, path: &[PathSegment]) -> bool {
+        self.errors
+            .iter()
+            .any(|e| e.path.len() > path.len() && e.path.starts_with(path))
+    }
+
+    fn object(
+        &self,
+        map: &mut IndexMap<Name, Value>,
+        type_name: &str,
+        sets: &[&'a SelectionSet],
+        path: &mut Vec<PathSegment>,
+    ) -> Result<(), Propagate> {
+        let Some(TypeShape::Composite(fields)) = self.shape.types.get(type_name) else {
+            return Ok(());
+        };
+        let mut collected = IndexMap::new();
+        self.collect(type_name, sets, &mut collected, &mut HashSet::new());
+        let mut out = IndexMap::with_capacity(collected.len());
+        for (key, field) in collected {
+            let taken = map.shift_remove(key);
+            if field.name.starts_with("__") {
+                // Introspection and `__typename` are answered by the
+                // executor itself, and never fail.
+                let value = match (field.name, taken) {
+                    (_, Some(value)) => value,
+                    ("__typename", None) => Value::String(type_name.to_owned()),
+                    (_, None) => Value::Null,
+                };
+                out.insert(Name::new(key), value);
+                continue;
+            }
+            let Some(shape) = fields.get(field.name) else {
+                // Not in the schema (validation would have refused it):
+                // keep whatever the executor produced.
+                if let Some(value) = taken {
+                    out.insert(Name::new(key), value);
+                }
+                continue;
+            };
+            path.push(PathSegment::Field(key.to_owned()));
+            let result = match taken {
+                // Left out: the field's own resolver failed.
+                None => {
+                    if shape.ty.nullable {
+                        Ok(Value::Null)
+                    } else {
+                        Err(Propagate)
+                    }
+                }
+                Some(mut value) => self
+                    .value(&mut value, &shape.ty, &field.sets, path)
+                    .map(|()| value),
+            };
+            path.pop();
+            out.insert(Name::new(key), result?);
+        }
+        *map = out;
+        Ok(())
+    }
+
+    fn value(
+        &self,
+        value: &mut Value,
+        ty: &Type,
+        sets: &[&'a SelectionSet],
+        path: &mut Vec<PathSegment>,
+    ) -> Result<(), Propagate> {
+        let completed = match &ty.base {
+            BaseType::List(item_ty) => match value {
+                Value::Null => Err(Propagate),
+                Value::List(items) => {
+                    let mut ok = Ok(());
+                    for (index, item) in items.iter_mut().enumerate() {
+                        path.push(PathSegment::Index(index));
+                        let r = self.value(item, item_ty, sets, path);
+                        path.pop();
+                        if r.is_err() {
+                            ok = Err(Propagate);
+                            break;
+                        }
+                    }
+                    ok
+                }
+                _ => Ok(()),
+            },
+            BaseType::Named(name) => {
+                let composite = matches!(
+                    self.shape.types.get(name.as_str()),
+                    Some(TypeShape::Composite(_))
+                );
+                match value {
+                    Value::Null if composite && (!ty.nullable || self.errors_below(path)) => {
+                        // The executor collapsed an object whose fields all
+                        // failed: re-create it and complete its fields.
+                        let mut map = IndexMap::new();
+                        let r = self.object(&mut map, name.as_str(), sets, path);
+                        *value = Value::Object(map);
+                        r
+                    }
+                    Value::Null => Err(Propagate),
+                    Value::Object(map) if composite => {
+                        let concrete = match map.get("__typename") {
+                            Some(Value::String(t)) if !self.shape.possible.contains_key(t) => {
+                                t.clone()
+                            }
+                            _ => name.to_string(),
+                        };
+                        self.object(map, &concrete, sets, path)
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        match completed {
+            Ok(()) => Ok(()),
+            Err(Propagate) if ty.nullable => {
+                *value = Value::Null;
+                Ok(())
+            }
+            Err(Propagate) => Err(Propagate),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SDL: &str = r#"
+        type Query { card(id: ID!): Card!  maybe: Card  cards: [Card!]!  n: Int }
+        type Card { id: ID!  name: String  member: Member  must: Member!  items: [Item!]! }
+        type Member { level: String!  points: Int }
+        type Item { id: ID!  price: Int }
+    "#;
+
+    fn complete(query: &str, data: serde_json::Value, errors: &[&[&str]]) -> serde_json::Value {
+        complete_value(query, data, errors).into_json().unwrap()
+    }
+
+    fn complete_value(query: &str, data: serde_json::Value, errors: &[&[&str]]) -> Value {
+        let shape = Shape::from_sdl(SDL).unwrap();
+        let doc = async_graphql::parser::parse_query(query).unwrap();
+        let errors: Vec<ServerError> = errors
+            .iter()
+            .map(|path| {
+                let mut e = ServerError::new("failed", None);
+                e.path = path
+                    .iter()
+                    .map(|seg| match seg.parse::<usize>() {
+                        Ok(i) => PathSegment::Index(i),
+                        Err(_) => PathSegment::Field((*seg).to_owned()),
+                    })
+                    .collect();
+                e
+            })
+            .collect();
+        let data = Value::from_json(data).unwrap();
+        shape.complete(data, &doc, None, &Variables::default(), &errors)
+    }
+
+    #[test]
+    fn a_failed_nullable_field_is_present_as_null() {
+        let out = complete(
+            "{ card(id: 1) { id name member { level } } n }",
+            json!({ "card": { "id": "1" }, "n": 3 }),
+            &[&["card", "name"], &["card", "member"]],
+        );
+        assert_eq!(
+            out,
+            json!({ "card": { "id": "1", "name": null, "member": null }, "n": 3 })
+        );
+        // Keys come in selection order, whatever order they were resolved in.
+        let out = complete_value(
+            "{ card(id: 1) { id name member { level } } n }",
+            json!({ "n": 3, "card": { "member": null, "id": "1" } }),
+            &[&["card", "name"]],
+        );
+        let Value::Object(root) = out else {
+            panic!("an object")
+        };
+        assert_eq!(
+            root.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["card", "n"]
+        );
+        let Value::Object(card) = &root["card"] else {
+            panic!("an object")
+        };
+        assert_eq!(
+            card.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["id", "name", "member"]
+        );
+    }
+
+    #[test]
+    fn a_collapsed_non_null_object_is_re_created_with_null_fields() {
+        // Every selected field of `card` failed: the executor gave `null`.
+        let out = complete(
+            "{ card(id: 1) { member { level } } }",
+            json!({ "card": null }),
+            &[&["card", "member"]],
+        );
+        assert_eq!(out, json!({ "card": { "member": null } }));
+    }
+
+    #[test]
+    fn a_failed_non_null_field_nulls_the_nearest_nullable_parent() {
+        // `must` is non-null inside `maybe` (nullable): maybe becomes null,
+        // its sibling `n` stays.
+        let out = complete(
+            "{ maybe { id must { level } } n }",
+            json!({ "maybe": { "id": "1" }, "n": 1 }),
+            &[&["maybe", "must"]],
+        );
+        assert_eq!(out, json!({ "maybe": null, "n": 1 }));
+    }
+
+    #[test]
+    fn null_propagates_to_data_when_no_parent_is_nullable() {
+        let out = complete("{ card(id: 1) { id } n }", json!({ "n": 1 }), &[&["card"]]);
+        assert_eq!(out, serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_failed_item_of_a_non_null_list_propagates_through_the_list() {
+        let out = complete(
+            "{ maybe { items { id price } } }",
+            json!({ "maybe": { "items": [ { "id": "a", "price": 1 }, { "price": 2 } ] } }),
+            &[&["maybe", "items", "1", "id"]],
+        );
+        assert_eq!(out, json!({ "maybe": null }));
+        let out = complete(
+            "{ cards { id items { id price } } }",
+            json!({ "cards": [ { "id": "1", "items": [ { "id": "a" } ] } ] }),
+            &[&["cards", "0", "items", "0", "price"]],
+        );
+        assert_eq!(
+            out,
+            json!({ "cards": [ { "id": "1", "items": [ { "id": "a", "price": null } ] } ] })
+        );
+    }
+
+    #[test]
+    fn a_nullable_field_that_resolved_to_null_stays_null() {
+        let out = complete("{ maybe { id } n }", json!({ "maybe": null, "n": 1 }), &[]);
+        assert_eq!(out, json!({ "maybe": null, "n": 1 }));
+    }
+
+    #[test]
+    fn skipped_fields_stay_out_and_fragments_and_aliases_are_followed() {
+        let out = complete(
+            "query { c: card(id: 1) { ...F name @skip(if: true) x: id } }
+             fragment F on Card { id member { points } }",
+            json!({ "c": { "x": "1", "id": "1", "member": {} } }),
+            &[&["c", "member", "points"]],
+        );
+        assert_eq!(
+            out,
+            json!({ "c": { "id": "1", "member": { "points": null }, "x": "1" } })
+        );
+    }
+
+    #[test]
+    fn every_root_field_failing_still_yields_the_root_object() {
+        let out = complete(
+            "{ maybe { id } n }",
+            serde_json::Value::Null,
+            &[&["maybe"], &["n"]],
+        );
+        assert_eq!(out, json!({ "maybe": null, "n": null }));
+    }
+}
