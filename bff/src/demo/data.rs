@@ -26,6 +26,8 @@ const FLASH_PER_MALL: usize = 5;
 const MEMBERS: usize = 1000;
 /// Stock of every flash-sale SKU (DESIGN: `sku-flash-1` has 100).
 pub const FLASH_STOCK: u32 = 100;
+/// Units one member may buy in a flash sale (the default).
+pub const FLASH_PER_MEMBER_LIMIT: u32 = 1;
 /// 2026-01-01T00:00:00Z: flash windows open here.
 const FLASH_OPEN: i64 = 1_767_225_600;
 /// 2030-01-01T00:00:00Z: flash windows close here.
@@ -84,6 +86,8 @@ pub struct FlashRecord {
     pub start_at: i64,
     pub end_at: i64,
     pub flash_stock: u32,
+    /// Most units one member may buy in the sale.
+    pub per_member_limit: u32,
 }
 
 /// A product as the product service sends it.
@@ -268,6 +272,7 @@ impl DemoData {
                     start_at: FLASH_OPEN,
                     end_at: FLASH_CLOSE,
                     flash_stock: FLASH_STOCK,
+                    per_member_limit: FLASH_PER_MEMBER_LIMIT,
                 });
                 let idx = t.products.len();
                 t.product_index.insert(sku_id.clone(), idx);

@@ -34,12 +34,18 @@ impl EmbeddedStore {
         let db = Database::create(path).map_err(StoreError::from_display)?;
         let tx = db.begin_write().map_err(StoreError::from_display)?;
         tx.open_table(KV).map_err(StoreError::from_display)?;
+        super::checkout_embedded::create_tables(&tx).map_err(StoreError::from_display)?;
         tx.commit().map_err(StoreError::from_display)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             db: Arc::new(db),
             events,
         })
+    }
+
+    /// The database, for the checkout's operations.
+    pub(super) fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     async fn blocking<T: Send + 'static>(

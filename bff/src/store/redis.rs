@@ -28,6 +28,7 @@ pub struct RedisStore {
     namespace: String,
     events: broadcast::Sender<Event>,
     cas: redis::Script,
+    checkout: super::checkout_redis::Scripts,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -59,7 +60,23 @@ impl RedisStore {
             namespace: namespace.to_owned(),
             events,
             cas: redis::Script::new(CAS),
+            checkout: super::checkout_redis::Scripts::new(),
         })
+    }
+
+    /// The key namespace.
+    pub(super) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A handle on the shared connection.
+    pub(super) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// The checkout's scripts.
+    pub(super) fn scripts(&self) -> &super::checkout_redis::Scripts {
+        &self.checkout
     }
 
     fn hash(&self, space: &str) -> String {
