@@ -44,11 +44,18 @@ impl RedisStore {
     /// `<namespace>:<space>`; events travel on `<namespace>:events`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::from_display)?;
-        let connection =
-            tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-                .await
-                .map_err(|_| StoreError("timed out connecting to Redis".into()))?
-                .map_err(StoreError::from_display)?;
+        // Replies to a checkout script can take longer than the client's
+        // default half second on a loaded box, and a timed-out script may
+        // still have run: wait longer rather than report an ambiguous error.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let connection = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| StoreError("timed out connecting to Redis".into()))?
+        .map_err(StoreError::from_display)?;
         let (events, _) = broadcast::channel(1024);
         let channel = format!("{namespace}:events");
         // Subscribe before returning, so no event published after `connect`
