@@ -173,12 +173,14 @@ impl OrderStatus {
     /// Whether the order may move from `self` to `to`.
     pub fn can_go_to(self, to: OrderStatus) -> bool {
         use OrderStatus::*;
-        match (self, to) {
-            (Created, Reserved) | (Reserved, AwaitingPayment) | (AwaitingPayment, Paid) => true,
-            (Paid, Completed) => true,
-            (Created | Reserved | AwaitingPayment, Cancelled | Expired) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Created, Reserved)
+                | (Reserved, AwaitingPayment)
+                | (AwaitingPayment, Paid)
+                | (Paid, Completed)
+                | (Created | Reserved | AwaitingPayment, Cancelled | Expired)
+        )
     }
 
     /// Whether nothing more can happen to the order's status.
