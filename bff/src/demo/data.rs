@@ -394,7 +394,13 @@ mod tests {
         assert!(!t.coupons.contains_key("member-2"));
         let flash = t.product("sku-flash-1").unwrap();
         assert_eq!((flash.mall_id.as_str(), flash.stock), ("mall-1", 100));
-        assert!(flash.flash.is_some());
+        assert_eq!(
+            flash
+                .flash
+                .as_ref()
+                .map(|f| (f.flash_stock, f.per_member_limit)),
+            Some((100, 1))
+        );
         assert_eq!(t.store("store-1").unwrap().mall_id, "mall-1");
     }
 
