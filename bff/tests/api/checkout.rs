@@ -1193,3 +1193,53 @@ async fn member_service_holds_are_idempotent_and_a_release_before_the_freeze_win
     );
     let _ = &h.demo;
 }
+
+// ------------------------------------------------------ notification route
+
+#[tokio::test]
+async fn the_notification_route_answers_provider_facing_status_codes() {
+    let h = harness(Backend::Redis, "co-route").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app: axum::Router = bff::http::payments::router(h.payments.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let outcome = h
+        .checkout
+        .checkout(request(&member(6), items("sku-flash-1", 1), 0, "route"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/payments/notify/demo");
+    let send = |body: Vec<u8>, header: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let resp = http
+                .post(url)
+                .header("Payment-Signature", header)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let now = now_ms() / 1000;
+    let amount = outcome.pay_externally.minor();
+    let (body, _) = callback(&outcome, "r1", amount, now);
+    let (code, answer) = send(body.clone(), sign("forged", now, &body)).await;
+    assert_eq!(code, 401);
+    assert_eq!(answer["error"]["code"], "INVALID_SIGNATURE");
+    let (body, header) = callback(&outcome, "r1", amount + 1, now);
+    let (code, answer) = send(body, header).await;
+    assert_eq!(code, 422);
+    assert_eq!(answer["error"]["code"], "AMOUNT_MISMATCH");
+    let (body, header) = callback(&outcome, "r1", amount, now);
+    assert_eq!(send(body.clone(), header.clone()).await.1["effect"], "paid");
+    assert_eq!(send(body, header).await.1["effect"], "duplicate");
+    assert_eq!(
+        status(&h, &outcome.order.record.id).await,
+        OrderStatus::Completed
+    );
+}
