@@ -22,6 +22,8 @@
 
 mod error;
 pub mod model;
+mod payments;
+mod sweeper;
 
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::error::CheckoutError;
 use self::model::{
-    CartPricer, CheckoutOutcome, CheckoutRequest, HoldProgress, OrderRecord, OrderView, RefundDue,
+    CartPricer, CheckoutOutcome, CheckoutRequest, HoldProgress, OrderRecord, OrderView,
 };
 use crate::domain::{CNY, MemberId, Money, TenantId};
 use crate::store::SharedCheckoutStore;
@@ -620,144 +622,6 @@ impl Checkout {
         }
     }
 
-    /// Records a payment: the order's external part (`None`: an order with
-    /// nothing to pay externally). Paid orders are then settled.
-    pub async fn settle_payment(
-        &self,
-        scope: &Scope,
-        id: &OrderId,
-        payment: Option<&ExternalPayment>,
-    ) -> Result<PaymentEffect, CheckoutError> {
-        loop {
-            let stored = self
-                .inner
-                .store
-                .order(scope, id)
-                .await?
-                .ok_or_else(|| CheckoutError::OrderNotFound(id.to_string()))?;
-            let mut record = decode(&stored)?;
-            if let Some(p) = payment
-                && (p.amount != record.external || p.currency != record.currency)
-            {
-                return Err(CheckoutError::AmountMismatch);
-            }
-            let payment_key = payment.map(|p| format!("{}:{}", p.provider, p.payment_id));
-            let step = match stored.status {
-                OrderStatus::AwaitingPayment => {
-                    record.payment_id = payment_key.clone();
-                    Step {
-                        expect_version: stored.version,
-                        expect_status: stored.status,
-                        to: OrderStatus::Paid,
-                        body: encode(&record)?,
-                        stock: if stored.reservation == Reservation::Held {
-                            StockEffect::Sell
-                        } else {
-                            StockEffect::None
-                        },
-                        // Due now: the hold is consumed next (by us, or by
-                        // the sweeper if we stop here).
-                        due: Due::At(now_ms()),
-                        payment_id: payment_key.clone(),
-                        event: OrderStatus::Paid.event_kind(),
-                    }
-                }
-                OrderStatus::Created | OrderStatus::Reserved => {
-                    return Err(CheckoutError::InvalidTransition {
-                        order: id.to_string(),
-                        status: stored.status.as_str(),
-                        action: "paid yet",
-                    });
-                }
-                OrderStatus::Paid
-                | OrderStatus::Completed
-                | OrderStatus::Cancelled
-                | OrderStatus::Expired => {
-                    let Some(p) = payment else {
-                        return Ok(PaymentEffect::Duplicate);
-                    };
-                    if record.payment_id == payment_key {
-                        return Ok(PaymentEffect::Duplicate);
-                    }
-                    record.refunds.push(RefundDue {
-                        provider: p.provider.clone(),
-                        payment_id: p.payment_id.clone(),
-                        amount: p.amount,
-                    });
-                    Step {
-                        expect_version: stored.version,
-                        expect_status: stored.status,
-                        to: stored.status,
-                        body: encode(&record)?,
-                        stock: StockEffect::None,
-                        due: Due::Keep,
-                        payment_id: payment_key.clone(),
-                        event: "payment.refund_required".into(),
-                    }
-                }
-            };
-            let paid_now = step.to == OrderStatus::Paid;
-            match self.inner.store.apply(scope, id, &step).await? {
-                StepOutcome::Applied(_) if paid_now => {
-                    self.fault(FaultPoint::AfterPaid)?;
-                    self.complete(scope, id).await?;
-                    return Ok(PaymentEffect::Paid);
-                }
-                StepOutcome::Applied(_) => {
-                    tracing::warn!(order = %id, "payment after the order closed: refund required");
-                    return Ok(PaymentEffect::RefundRequired);
-                }
-                StepOutcome::DuplicatePayment => return Ok(PaymentEffect::Duplicate),
-                StepOutcome::Missing => return Err(CheckoutError::OrderNotFound(id.to_string())),
-                StepOutcome::Conflict => continue,
-            }
-        }
-    }
-
-    /// Consumes a paid order's hold and completes it.
-    async fn complete(&self, scope: &Scope, id: &OrderId) -> Result<bool, CheckoutError> {
-        loop {
-            let Some(stored) = self.inner.store.order(scope, id).await? else {
-                return Ok(false);
-            };
-            if stored.status != OrderStatus::Paid {
-                return Ok(false);
-            }
-            let mut record = decode(&stored)?;
-            if matches!(record.hold, HoldProgress::Frozen | HoldProgress::Pending) {
-                match self
-                    .inner
-                    .upstreams
-                    .member
-                    .commit(&record.tenant, &record.hold_key())
-                    .await?
-                {
-                    Ok(_) => {}
-                    Err(refusal) => {
-                        tracing::error!(order = %id, ?refusal, "member service refused to consume a paid order's hold");
-                        return Ok(false);
-                    }
-                }
-                record.hold = HoldProgress::Committed;
-            }
-            let step = Step {
-                expect_version: stored.version,
-                expect_status: OrderStatus::Paid,
-                to: OrderStatus::Completed,
-                body: encode(&record)?,
-                stock: StockEffect::None,
-                due: Due::Clear,
-                payment_id: None,
-                event: OrderStatus::Completed.event_kind(),
-            };
-            match self.inner.store.apply(scope, id, &step).await? {
-                StepOutcome::Applied(_) => return Ok(true),
-                StepOutcome::Missing => return Ok(false),
-                StepOutcome::Conflict | StepOutcome::DuplicatePayment => continue,
-            }
-        }
-    }
-
     /// A member's order.
     pub async fn order(
         &self,
@@ -812,82 +676,6 @@ impl Checkout {
             .await?;
         }
         self.order(tenant, member, id).await
-    }
-
-    /// Finishes or compensates every due order of every scope (see the
-    /// module docs). Safe on every node at once: each due order is leased
-    /// to one sweeper, and every action is a compare-and-set or idempotent.
-    pub async fn sweep(&self, now: i64) -> Result<SweepReport, CheckoutError> {
-        let mut report = SweepReport::default();
-        for scope in self.inner.store.scopes().await? {
-            // An order tended once and due again in the same sweep (its
-            // upstream failed) waits for the next sweep.
-            let mut seen = std::collections::HashSet::new();
-            loop {
-                let due = self
-                    .inner
-                    .store
-                    .claim_due(&scope, now, self.inner.settings.sweep_lease_ms, 100)
-                    .await?;
-                let fresh: Vec<OrderId> = due
-                    .into_iter()
-                    .filter(|id| seen.insert(id.clone()))
-                    .collect();
-                if fresh.is_empty() {
-                    break;
-                }
-                for id in fresh {
-                    if let Err(error) = self.tend(&scope, &id, now, &mut report).await {
-                        // Left leased: another sweep retries after the lease.
-                        tracing::warn!(order = %id, %error, "sweeper could not finish an order");
-                    }
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    async fn tend(
-        &self,
-        scope: &Scope,
-        id: &OrderId,
-        now: i64,
-        report: &mut SweepReport,
-    ) -> Result<(), CheckoutError> {
-        let Some(stored) = self.inner.store.order(scope, id).await? else {
-            return Ok(());
-        };
-        let record = decode(&stored)?;
-        match stored.status {
-            OrderStatus::Created | OrderStatus::Reserved => {
-                self.compensate(
-                    scope,
-                    id,
-                    OrderStatus::Cancelled,
-                    "the checkout did not finish",
-                )
-                .await?;
-                report.recovered += 1;
-            }
-            OrderStatus::AwaitingPayment if now >= record.pay_by_ms => {
-                self.compensate(scope, id, OrderStatus::Expired, "not paid in time")
-                    .await?;
-                report.expired += 1;
-            }
-            OrderStatus::AwaitingPayment => {}
-            OrderStatus::Cancelled | OrderStatus::Expired => {
-                if self.release_hold(scope, stored).await? {
-                    report.released += 1;
-                }
-            }
-            OrderStatus::Paid => {
-                if self.complete(scope, id).await? {
-                    report.completed += 1;
-                }
-            }
-            OrderStatus::Completed => {}
-        }
-        Ok(())
     }
 }
 
