@@ -76,6 +76,30 @@ pub mod code {
     pub const CONFLICT: &str = "CONFLICT";
     /// Something failed inside the BFF; details are in its logs.
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
+    /// A SKU in the order has no units left.
+    pub const SOLD_OUT: &str = "SOLD_OUT";
+    /// The member would buy more of a flash-sale SKU than allowed.
+    pub const PURCHASE_LIMIT_EXCEEDED: &str = "PURCHASE_LIMIT_EXCEEDED";
+    /// The member has fewer points than the order uses.
+    pub const INSUFFICIENT_POINTS: &str = "INSUFFICIENT_POINTS";
+    /// The member's wallet balance is less than the order uses.
+    pub const INSUFFICIENT_BALANCE: &str = "INSUFFICIENT_BALANCE";
+    /// The idempotency key was already used for a different request.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    /// The first request with this idempotency key is still running.
+    pub const IDEMPOTENCY_KEY_IN_PROGRESS: &str = "IDEMPOTENCY_KEY_IN_PROGRESS";
+    /// The price was computed without a rule; no order is made on it.
+    pub const PRICE_DEGRADED: &str = "PRICE_DEGRADED";
+    /// No such order for this member.
+    pub const ORDER_NOT_FOUND: &str = "ORDER_NOT_FOUND";
+    /// The order's status does not allow this change.
+    pub const INVALID_TRANSITION: &str = "INVALID_TRANSITION";
+    /// A payment notification's signature is missing or wrong.
+    pub const INVALID_SIGNATURE: &str = "INVALID_SIGNATURE";
+    /// A payment notification's timestamp is outside the replay window.
+    pub const SIGNATURE_EXPIRED: &str = "SIGNATURE_EXPIRED";
+    /// A payment's amount or currency does not match the order.
+    pub const AMOUNT_MISMATCH: &str = "AMOUNT_MISMATCH";
 }
 
 /// An error raised by a resolver.

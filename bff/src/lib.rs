@@ -19,6 +19,10 @@
 //! * [`pricing`] — promotion rules as sandboxed WebAssembly components:
 //!   the host, the referee, the registry.
 //! * [`store`] — the BFF's own state: embedded file or Redis.
+//! * [`checkout`] — one-tap checkout: orders, stock reservation, holds at
+//!   the member service, expiry and recovery.
+//! * [`payment`] — signed payment notifications from providers.
+//! * [`outbox`] — delivers order events to the order service.
 //! * [`home`] — the home card: a whole screen in one round trip.
 //! * [`upstream`] — one client per upstream service (anti-corruption
 //!   layer).
@@ -27,6 +31,7 @@
 //! * [`demo`] — demo upstream services and their generated data set.
 
 pub mod auth;
+pub mod checkout;
 pub mod config;
 pub mod demo;
 pub mod domain;
@@ -37,6 +42,8 @@ pub mod http;
 pub mod mall;
 pub mod member;
 pub mod metrics;
+pub mod outbox;
+pub mod payment;
 pub mod pricing;
 pub mod product;
 pub mod startup;

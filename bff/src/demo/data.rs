@@ -26,6 +26,8 @@ const FLASH_PER_MALL: usize = 5;
 const MEMBERS: usize = 1000;
 /// Stock of every flash-sale SKU (DESIGN: `sku-flash-1` has 100).
 pub const FLASH_STOCK: u32 = 100;
+/// Units one member may buy in a flash sale (the default).
+pub const FLASH_PER_MEMBER_LIMIT: u32 = 1;
 /// 2026-01-01T00:00:00Z: flash windows open here.
 const FLASH_OPEN: i64 = 1_767_225_600;
 /// 2030-01-01T00:00:00Z: flash windows close here.
@@ -84,6 +86,8 @@ pub struct FlashRecord {
     pub start_at: i64,
     pub end_at: i64,
     pub flash_stock: u32,
+    /// Most units one member may buy in the sale.
+    pub per_member_limit: u32,
 }
 
 /// A product as the product service sends it.
@@ -268,6 +272,7 @@ impl DemoData {
                     start_at: FLASH_OPEN,
                     end_at: FLASH_CLOSE,
                     flash_stock: FLASH_STOCK,
+                    per_member_limit: FLASH_PER_MEMBER_LIMIT,
                 });
                 let idx = t.products.len();
                 t.product_index.insert(sku_id.clone(), idx);
@@ -389,7 +394,13 @@ mod tests {
         assert!(!t.coupons.contains_key("member-2"));
         let flash = t.product("sku-flash-1").unwrap();
         assert_eq!((flash.mall_id.as_str(), flash.stock), ("mall-1", 100));
-        assert!(flash.flash.is_some());
+        assert_eq!(
+            flash
+                .flash
+                .as_ref()
+                .map(|f| (f.flash_stock, f.per_member_limit)),
+            Some((100, 1))
+        );
         assert_eq!(t.store("store-1").unwrap().mall_id, "mall-1");
     }
 

@@ -6,6 +6,8 @@
 //! under `/mall`, `/member` and `/product`.
 
 pub mod data;
+pub mod ledger;
+pub mod orders;
 pub mod rules;
 pub mod server;
 

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::data::{DemoData, ProductRecord, TenantData};
+use super::ledger::Ledger;
 use crate::config::FaultSettings;
 
 /// Most ids one batch request may carry.
@@ -85,19 +86,27 @@ impl ServiceControl {
 struct AppState {
     data: Arc<DemoData>,
     control: ServiceControl,
+    /// Live balances, coupon states and holds (member service only).
+    ledger: Ledger,
 }
 
 /// The router of one service. `/_faults` (GET, PUT) reads and changes its
 /// fault injection at run time.
 pub fn router(service: Service, data: Arc<DemoData>, control: ServiceControl) -> Router {
-    let state = AppState { data, control };
+    let ledger = Ledger::new(data.clone());
+    let state = AppState {
+        data,
+        control,
+        ledger: ledger.clone(),
+    };
     let api = match service {
         Service::Mall => Router::new()
             .route("/tenants/{tenant}/malls", get(malls))
             .route("/tenants/{tenant}/stores", get(stores)),
         Service::Member => Router::new()
             .route("/tenants/{tenant}/members", get(members))
-            .route("/tenants/{tenant}/members/{member}/coupons", get(coupons)),
+            .route("/tenants/{tenant}/members/{member}/coupons", get(coupons))
+            .merge(super::ledger::router(ledger)),
         Service::Product => Router::new()
             .route("/tenants/{tenant}/products", get(products))
             .route("/tenants/{tenant}/malls/{mall}/products", get(listing))
@@ -259,16 +268,45 @@ async fn members(
     Path(t): Path<String>,
     Query(q): Query<BatchQuery>,
 ) -> Response {
-    let t = tenant(&s.data, &t);
-    required_batch(q.ids, |id| t.member(id))
+    let tenant_id = t;
+    let t = tenant(&s.data, &tenant_id);
+    let Some(ids) = q.ids else {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "ids is required");
+    };
+    match split_ids(&ids) {
+        // Balances are live: what holds froze or spent is not available.
+        Ok(ids) => {
+            let items: Vec<_> = ids
+                .into_iter()
+                .filter_map(|id| t.member(id))
+                .map(|m| {
+                    let mut m = m.clone();
+                    if let Some((points, wallet)) = s.ledger.balances(&tenant_id, &m.member_id) {
+                        m.points_balance = points;
+                        m.wallet_balance_fen = wallet;
+                    }
+                    m
+                })
+                .collect();
+            Json(json!({ "items": items })).into_response()
+        }
+        Err(resp) => *resp,
+    }
 }
 
 async fn coupons(State(s): State<AppState>, Path((t, member)): Path<(String, String)>) -> Response {
-    let t = tenant(&s.data, &t);
+    let tenant_id = t;
+    let t = tenant(&s.data, &tenant_id);
     if t.member(&member).is_none() {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such member");
     }
-    let items = t.coupons.get(&member).cloned().unwrap_or_default();
+    let mut items = t.coupons.get(&member).cloned().unwrap_or_default();
+    for coupon in &mut items {
+        let live = s.ledger.coupon_status(&tenant_id, &coupon.coupon_id);
+        if live != "UNUSED" {
+            coupon.status = live.to_owned();
+        }
+    }
     Json(json!({ "items": items })).into_response()
 }
 

@@ -1,6 +1,8 @@
 //! HTTP routes beside `/graphql`: the playground, health, readiness,
 //! metrics and (in development) demo tokens.
 
+pub mod payments;
+
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};

@@ -55,6 +55,9 @@ pub struct FlashSale {
     pub ends_at: crate::domain::Timestamp,
     /// Units offered in the flash sale.
     pub stock: u32,
+    /// Most units one member may buy in the sale (0: no limit).
+    #[graphql(skip)]
+    pub per_member_limit: u32,
 }
 
 /// A price for the asking member: the list price, what they pay, and

@@ -50,6 +50,7 @@ impl EmbeddedStore {
         let tx = db.begin_write().map_err(StoreError::from_display)?;
         tx.open_table(KV).map_err(StoreError::from_display)?;
         tx.open_table(EXPIRING).map_err(StoreError::from_display)?;
+        super::checkout_embedded::create_tables(&tx).map_err(StoreError::from_display)?;
         tx.commit().map_err(StoreError::from_display)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
@@ -57,6 +58,11 @@ impl EmbeddedStore {
             events,
             expiring_writes: Arc::default(),
         })
+    }
+
+    /// The database, for the checkout's operations.
+    pub(super) fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     async fn blocking<T: Send + 'static>(

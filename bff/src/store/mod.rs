@@ -5,7 +5,14 @@
 //! Data is kept in *spaces* (a Redis hash each; a key prefix in the embedded
 //! file). Events are broadcast to every node: in-process for the embedded
 //! store, over Redis pub/sub for Redis.
+//!
+//! The checkout has its own domain operations ([`checkout::CheckoutStore`]:
+//! stock, orders, idempotency, the due index, the outbox), implemented by
+//! the same two backends, each operation one atomic step.
 
+pub mod checkout;
+mod checkout_embedded;
+mod checkout_redis;
 mod embedded;
 mod redis;
 
@@ -14,6 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use self::checkout::{CheckoutStore, SharedCheckoutStore};
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 

@@ -28,6 +28,7 @@ pub struct RedisStore {
     namespace: String,
     events: broadcast::Sender<Event>,
     cas: redis::Script,
+    checkout: super::checkout_redis::Scripts,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -43,11 +44,18 @@ impl RedisStore {
     /// `<namespace>:<space>`; events travel on `<namespace>:events`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::from_display)?;
-        let connection =
-            tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-                .await
-                .map_err(|_| StoreError("timed out connecting to Redis".into()))?
-                .map_err(StoreError::from_display)?;
+        // Replies to a checkout script can take longer than the client's
+        // default half second on a loaded box, and a timed-out script may
+        // still have run: wait longer rather than report an ambiguous error.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let connection = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| StoreError("timed out connecting to Redis".into()))?
+        .map_err(StoreError::from_display)?;
         let (events, _) = broadcast::channel(1024);
         let channel = format!("{namespace}:events");
         // Subscribe before returning, so no event published after `connect`
@@ -59,7 +67,23 @@ impl RedisStore {
             namespace: namespace.to_owned(),
             events,
             cas: redis::Script::new(CAS),
+            checkout: super::checkout_redis::Scripts::new(),
         })
+    }
+
+    /// The key namespace.
+    pub(super) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A handle on the shared connection.
+    pub(super) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// The checkout's scripts.
+    pub(super) fn scripts(&self) -> &super::checkout_redis::Scripts {
+        &self.checkout
     }
 
     fn hash(&self, space: &str) -> String {

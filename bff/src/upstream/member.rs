@@ -132,3 +132,195 @@ impl MemberClient {
         }))
     }
 }
+
+/// The member service's hold record.
+#[derive(Deserialize)]
+struct HoldDto {
+    request_key: String,
+    member_id: String,
+    points: i64,
+    wallet_fen: i64,
+    #[serde(default)]
+    coupon_ids: Vec<String>,
+    status: String,
+}
+
+/// Where a hold is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldState {
+    /// Points, wallet amount and coupons are frozen.
+    Frozen,
+    /// Consumed: the points and wallet amount are spent, the coupons used.
+    Committed,
+    /// Given back (or released before any freeze arrived).
+    Released,
+}
+
+/// Points, a wallet amount and coupons frozen together under a request key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The request key.
+    pub key: String,
+    /// The member (`None` for a release that arrived before its freeze).
+    pub member: Option<MemberId>,
+    /// Points frozen.
+    pub points: i64,
+    /// Wallet amount frozen.
+    pub wallet: Money,
+    /// Coupons held.
+    pub coupons: Vec<CouponId>,
+    /// Its state.
+    pub state: HoldState,
+}
+
+impl HoldDto {
+    fn into_domain(self) -> Option<Hold> {
+        Some(Hold {
+            key: self.request_key,
+            member: if self.member_id.is_empty() {
+                None
+            } else {
+                Some(MemberId::parse(self.member_id).ok()?)
+            },
+            points: (self.points >= 0).then_some(self.points)?,
+            wallet: Money::from_minor(self.wallet_fen).ok()?,
+            coupons: self
+                .coupon_ids
+                .into_iter()
+                .map(CouponId::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
+            state: match self.status.as_str() {
+                "FROZEN" => HoldState::Frozen,
+                "COMMITTED" => HoldState::Committed,
+                "RELEASED" => HoldState::Released,
+                _ => return None,
+            },
+        })
+    }
+}
+
+/// What to freeze.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// Whose.
+    pub member: MemberId,
+    /// Points.
+    pub points: i64,
+    /// Wallet amount.
+    pub wallet: Money,
+    /// Coupons.
+    pub coupons: Vec<CouponId>,
+}
+
+/// Why the member service refused a hold operation. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldRefusal {
+    /// Fewer points available than asked for.
+    InsufficientPoints,
+    /// Less wallet balance available than asked for.
+    InsufficientBalance,
+    /// A coupon is not the member's, used, or held by another order.
+    CouponUnavailable,
+    /// The key was released (a freeze or commit arrived too late).
+    Released,
+    /// The key was committed (a release arrived too late).
+    Committed,
+    /// The key froze something else before.
+    KeyReused,
+    /// No such member or hold.
+    NotFound,
+}
+
+impl HoldRefusal {
+    fn from_code(code: &str) -> Self {
+        match code {
+            "INSUFFICIENT_POINTS" => HoldRefusal::InsufficientPoints,
+            "INSUFFICIENT_BALANCE" => HoldRefusal::InsufficientBalance,
+            "COUPON_UNAVAILABLE" => HoldRefusal::CouponUnavailable,
+            "HOLD_RELEASED" => HoldRefusal::Released,
+            "HOLD_COMMITTED" => HoldRefusal::Committed,
+            "REQUEST_KEY_REUSED" => HoldRefusal::KeyReused,
+            _ => HoldRefusal::NotFound,
+        }
+    }
+}
+
+impl MemberClient {
+    fn hold_answer(
+        &self,
+        answer: super::Answer<HoldDto>,
+    ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
+        match answer {
+            super::Answer::Done(dto) => dto
+                .into_domain()
+                .map(Ok)
+                .ok_or(UpstreamError::BadResponse("member")),
+            super::Answer::Refused { code, .. } => Ok(Err(HoldRefusal::from_code(&code))),
+        }
+    }
+
+    /// Freezes points, a wallet amount and coupons, all or nothing. The
+    /// same key with the same request answers the same hold.
+    pub async fn freeze(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        request: &HoldRequest,
+    ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
+        let path = format!("tenants/{tenant}/holds/{key}");
+        let body = serde_json::json!({
+            "member_id": request.member.as_str(),
+            "points": request.points,
+            "wallet_fen": request.wallet.minor(),
+            "coupon_ids": request.coupons.iter().map(CouponId::as_str).collect::<Vec<_>>(),
+        });
+        let answer = self
+            .endpoint
+            .send("holds.freeze", reqwest::Method::PUT, &path, Some(&body))
+            .await?;
+        self.hold_answer(answer)
+    }
+
+    /// Gives a hold back (idempotent; releasing an unknown key makes a
+    /// later freeze with it fail).
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
+        let path = format!("tenants/{tenant}/holds/{key}/release");
+        let answer = self
+            .endpoint
+            .send("holds.release", reqwest::Method::POST, &path, None)
+            .await?;
+        self.hold_answer(answer)
+    }
+
+    /// Consumes a hold (idempotent).
+    pub async fn commit(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+    ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
+        let path = format!("tenants/{tenant}/holds/{key}/commit");
+        let answer = self
+            .endpoint
+            .send("holds.commit", reqwest::Method::POST, &path, None)
+            .await?;
+        self.hold_answer(answer)
+    }
+
+    /// A hold by key; `None` if the service never saw the key.
+    pub async fn hold(&self, tenant: &TenantId, key: &str) -> Result<Option<Hold>, UpstreamError> {
+        let path = format!("tenants/{tenant}/holds/{key}");
+        let dto: Option<HoldDto> = self.endpoint.get("holds.get", &path, &[]).await?;
+        match dto {
+            Some(dto) => dto
+                .into_domain()
+                .map(Some)
+                .ok_or(UpstreamError::BadResponse("member")),
+            None => Ok(None),
+        }
+    }
+}

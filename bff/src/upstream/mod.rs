@@ -9,6 +9,7 @@
 
 pub mod mall;
 pub mod member;
+pub mod order;
 pub mod product;
 
 use std::time::{Duration, Instant};
@@ -38,6 +39,13 @@ pub const KNOWN_LABELS: &[&str] = &[
     "products.batch",
     "products.listing",
     "flash_sales.list",
+    "holds.freeze",
+    "holds.release",
+    "holds.commit",
+    "holds.get",
+    "order",
+    "order_events.post",
+    "orders.get",
     "health",
 ];
 
@@ -203,6 +211,98 @@ impl Endpoint {
         })
     }
 
+    /// Sends a JSON command (`PUT`/`POST`) that the contract makes
+    /// idempotent by a request key in `path`, and decodes the answer. A
+    /// `404` or `409` is a refusal the caller interprets (its
+    /// `error.code`); a `400` is the BFF breaking the contract.
+    #[tracing::instrument(
+        name = "upstream",
+        level = "debug",
+        skip(self, body),
+        fields(upstream = self.name, endpoint = endpoint, status)
+    )]
+    async fn send<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer<T>, UpstreamError> {
+        let started = Instant::now();
+        let result = self.send_inner(method, path, body).await;
+        let outcome = match &result {
+            Ok(Answer::Done(_)) => "ok",
+            Ok(Answer::Refused { status: 404, .. }) => "not_found",
+            Ok(Answer::Refused { .. }) => "rejected",
+            Err(UpstreamError::Timeout(_)) => "timeout",
+            Err(UpstreamError::Rejected(_)) => "rejected",
+            Err(_) => "error",
+        };
+        self.metrics
+            .upstream_call(self.name, endpoint, outcome, started.elapsed());
+        result
+    }
+
+    async fn send_inner<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer<T>, UpstreamError> {
+        let url = self.base.join(path).map_err(|err| {
+            tracing::error!(error = %err, path, "cannot build upstream URL");
+            UpstreamError::BadResponse(self.name)
+        })?;
+        let mut request = self.http.request(method, url).timeout(self.timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| self.transport_error(err))?;
+        let status = response.status();
+        tracing::Span::current().record("status", status.as_u16());
+        if status == StatusCode::BAD_REQUEST {
+            tracing::warn!(upstream = self.name, "upstream rejected the request");
+            return Err(UpstreamError::Rejected(self.name));
+        }
+        if status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT {
+            #[derive(serde::Deserialize)]
+            struct ErrorBody {
+                error: ErrorDetail,
+            }
+            #[derive(serde::Deserialize)]
+            struct ErrorDetail {
+                code: String,
+            }
+            let code = response
+                .json::<ErrorBody>()
+                .await
+                .map(|b| b.error.code)
+                .unwrap_or_default();
+            return Ok(Answer::Refused {
+                status: status.as_u16(),
+                code,
+            });
+        }
+        if !status.is_success() {
+            tracing::warn!(upstream = self.name, %status, "upstream answered with an error");
+            return Err(UpstreamError::Unavailable(self.name));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| self.transport_error(err))?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(UpstreamError::BadResponse(self.name));
+        }
+        serde_json::from_slice(&bytes).map(Answer::Done).map_err(|err| {
+            tracing::error!(upstream = self.name, error = %err, "upstream response breaks the contract");
+            UpstreamError::BadResponse(self.name)
+        })
+    }
+
     /// GETs a batch endpoint for `ids`, `MAX_BATCH` at a time (the chunks
     /// concurrently), and returns every item of every answer. A 404 counts
     /// as "none of these exist".
@@ -334,6 +434,14 @@ fn keep_valid<D, T>(upstream: &'static str, items: Vec<D>, f: impl Fn(D) -> Opti
         );
     }
     valid
+}
+
+/// The answer to a command: done, or refused with a status and the
+/// contract's `error.code`.
+#[derive(Debug)]
+enum Answer<T> {
+    Done(T),
+    Refused { status: u16, code: String },
 }
 
 /// The batch envelope every batch and list endpoint answers with.

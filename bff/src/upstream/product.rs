@@ -31,6 +31,13 @@ struct FlashDto {
     start_at: i64,
     end_at: i64,
     flash_stock: u32,
+    /// Absent: one unit per member.
+    #[serde(default = "one")]
+    per_member_limit: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One entry of the listing: the product and the cursor that resumes
@@ -55,6 +62,7 @@ impl ProductDto {
                 starts_at: DateTime::from_timestamp(f.start_at, 0)?.into(),
                 ends_at: DateTime::from_timestamp(f.end_at, 0)?.into(),
                 stock: f.flash_stock,
+                per_member_limit: f.per_member_limit,
             }),
             None => None,
         };

@@ -1,6 +1,9 @@
 //! API tests: the real app on port 0, real HTTP demo upstreams.
 
 mod auth;
+mod checkout;
+mod checkout_property;
+mod checkout_store;
 mod cli;
 mod console;
 mod edge;

@@ -1,0 +1,118 @@
+//! The outbox relay: delivers every order event to the order service, at
+//! least once.
+//!
+//! Events are read through a consumer group (`order-service`), so several
+//! nodes share the work and each event goes to one of them; an event is
+//! acknowledged only after the order service accepted it. Events a relay
+//! read and never acknowledged (its node died mid-batch) are claimed by
+//! another relay once they have been idle for `min_idle`, and delivered
+//! again — the order service applies each (order, version) once.
+
+use std::time::Duration;
+
+use crate::store::SharedCheckoutStore;
+use crate::store::checkout::OutboxEvent;
+use crate::upstream::order::{OrderClient, OrderEvent};
+
+/// The consumer group of the order service.
+pub const ORDER_SERVICE_GROUP: &str = "order-service";
+
+/// Delivers outbox events to the order service.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    store: SharedCheckoutStore,
+    client: OrderClient,
+    consumer: String,
+    batch: usize,
+    min_idle: Duration,
+}
+
+/// What one pass delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Events delivered and acknowledged.
+    pub delivered: usize,
+    /// Of those, events taken over from a consumer that stopped.
+    pub reclaimed: usize,
+    /// Events left pending after a failed delivery.
+    pub failed: usize,
+}
+
+impl Relay {
+    /// A relay named `consumer` (unique per node).
+    pub fn new(
+        store: SharedCheckoutStore,
+        client: OrderClient,
+        consumer: impl Into<String>,
+        min_idle: Duration,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            consumer: consumer.into(),
+            batch: 100,
+            min_idle,
+        }
+    }
+
+    /// One pass over every scope: reclaims stale pending events, reads new
+    /// ones, delivers them in order and acknowledges what was delivered.
+    /// A failed delivery stops the scope's pass; the rest stay pending for
+    /// the next pass (of this or another relay).
+    pub async fn pass(&self) -> Result<RelayReport, crate::store::StoreError> {
+        let mut report = RelayReport::default();
+        let min_idle = u64::try_from(self.min_idle.as_millis()).unwrap_or(u64::MAX);
+        for scope in self.store.scopes().await? {
+            let reclaimed = self
+                .store
+                .outbox_claim(
+                    &scope,
+                    ORDER_SERVICE_GROUP,
+                    &self.consumer,
+                    min_idle,
+                    self.batch,
+                )
+                .await?;
+            let fresh = self
+                .store
+                .outbox_read(&scope, ORDER_SERVICE_GROUP, &self.consumer, self.batch)
+                .await?;
+            let reclaimed_count = reclaimed.len();
+            let events: Vec<OutboxEvent> = reclaimed.into_iter().chain(fresh).collect();
+            let mut delivered = Vec::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                let sent = self
+                    .client
+                    .deliver(
+                        &scope.tenant,
+                        OrderEvent {
+                            order: &event.order,
+                            version: event.version,
+                            kind: &event.kind,
+                            status: &event.status,
+                            body: &event.body,
+                        },
+                    )
+                    .await;
+                match sent {
+                    Ok(()) => {
+                        delivered.push(event.id.clone());
+                        if i < reclaimed_count {
+                            report.reclaimed += 1;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, scope = %scope, "outbox delivery failed; will retry");
+                        report.failed += events.len() - i;
+                        break;
+                    }
+                }
+            }
+            self.store
+                .outbox_ack(&scope, ORDER_SERVICE_GROUP, &delivered)
+                .await?;
+            report.delivered += delivered.len();
+        }
+        Ok(report)
+    }
+}
