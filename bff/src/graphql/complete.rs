@@ -25,7 +25,9 @@
 //! Its recursion follows the document's selection nesting, which the
 //! document guard has already bounded.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use async_graphql::indexmap::IndexMap;
 use async_graphql::parser::types::{
@@ -34,10 +36,12 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Name, PathSegment, ServerError, Value, Variables};
 
-/// A field of an object type: its declared type.
+/// A field of an object type: its declared type, and whether the named
+/// type inside it (through any lists) is an object or interface.
 #[derive(Debug)]
 struct FieldShape {
     ty: Type,
+    composite: bool,
 }
 
 #[derive(Debug)]
@@ -90,6 +94,7 @@ impl Shape {
                                     f.node.name.node.to_string(),
                                     FieldShape {
                                         ty: f.node.ty.node.clone(),
+                                        composite: false,
                                     },
                                 )
                             })
@@ -118,6 +123,25 @@ impl Shape {
                     types.insert(name, shape);
                 }
                 TypeSystemDefinition::Directive(_) => {}
+            }
+        }
+        // Now that every type is known, mark the fields of composite type.
+        let composite: HashSet<String> = types
+            .iter()
+            .filter(|(_, t)| matches!(t, TypeShape::Composite(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for shape in types.values_mut() {
+            if let TypeShape::Composite(fields) = shape {
+                for field in fields.values_mut() {
+                    let mut ty = &field.ty;
+                    while let BaseType::List(inner) = &ty.base {
+                        ty = inner;
+                    }
+                    if let BaseType::Named(name) = &ty.base {
+                        field.composite = composite.contains(name.as_str());
+                    }
+                }
             }
         }
         Ok(Self {
@@ -152,6 +176,8 @@ impl Shape {
             doc,
             vars,
             errors,
+            track: !errors.is_empty(),
+            memo: RefCell::new(HashMap::new()),
         };
         let mut map = match data {
             Value::Object(map) => map,
@@ -211,17 +237,28 @@ impl<'a> VariableValues<'a> {
     }
 }
 
+/// Collected fields by (first selection set, number of sets, type).
+type CollectMemo<'a> = HashMap<(usize, usize, usize), Rc<Vec<Collected<'a>>>>;
+
 struct Walk<'a> {
     shape: &'a Shape,
     doc: &'a ExecutableDocument,
     vars: VariableValues<'a>,
     errors: &'a [ServerError],
+    /// Paths are only needed to match errors: without errors, none is
+    /// built.
+    track: bool,
+    memo: RefCell<CollectMemo<'a>>,
 }
 
 /// Selected fields of one response key, merged across fragments.
 struct Collected<'a> {
+    key: &'a str,
     name: &'a str,
     sets: Vec<&'a SelectionSet>,
+    /// The field's declared type (none for introspection fields and
+    /// fields the schema does not have).
+    shape: Option<&'a FieldShape>,
 }
 
 impl<'a> Walk<'a> {
@@ -280,8 +317,10 @@ impl<'a> Walk<'a> {
                         }
                         let key = field.node.response_key().node.as_str();
                         let entry = out.entry(key).or_insert_with(|| Collected {
+                            key,
                             name: field.node.name.node.as_str(),
                             sets: Vec::new(),
+                            shape: None,
                         });
                         entry.sets.push(&field.node.selection_set.node);
                     }
@@ -336,6 +375,85 @@ impl<'a> Walk<'a> {
             .any(|e| e.path.len() > path.len() && e.path.starts_with(path))
     }
 
+    /// The fields `sets` select on `type_name`, collected once per
+    /// (selection sets, type) for the whole response: a list of twenty
+    /// products collects its item's fields once.
+    fn collected(&self, type_name: &str, sets: &[&'a SelectionSet]) -> Rc<Vec<Collected<'a>>> {
+        // The type's name as the shape stores it: a stable address.
+        let type_key = self
+            .shape
+            .types
+            .get_key_value(type_name)
+            .map_or(0, |(k, _)| k.as_ptr() as usize);
+        let key = (
+            sets.first()
+                .map_or(0, |s| std::ptr::from_ref::<SelectionSet>(s) as usize),
+            sets.len(),
+            type_key,
+        );
+        if let Some(found) = self.memo.borrow().get(&key) {
+            return found.clone();
+        }
+        let mut collected = IndexMap::new();
+        self.collect(type_name, sets, &mut collected, &mut HashSet::new());
+        let fields = match self.shape.types.get(type_name) {
+            Some(TypeShape::Composite(fields)) => Some(fields),
+            _ => None,
+        };
+        let list = Rc::new(
+            collected
+                .into_iter()
+                .map(|(_, mut c)| {
+                    if !c.name.starts_with("__") {
+                        c.shape = fields.and_then(|f| f.get(c.name));
+                    }
+                    c
+                })
+                .collect::<Vec<_>>(),
+        );
+        self.memo.borrow_mut().insert(key, list.clone());
+        list
+    }
+
+    fn field(
+        &self,
+        taken: Option<Value>,
+        field: &Collected<'a>,
+        type_name: &str,
+        path: &mut Vec<PathSegment>,
+    ) -> Result<Option<Value>, Propagate> {
+        if field.name.starts_with("__") {
+            // Introspection and `__typename` are answered by the executor
+            // itself, and never fail.
+            return Ok(Some(match (field.name, taken) {
+                (_, Some(value)) => value,
+                ("__typename", None) => Value::String(type_name.to_owned()),
+                (_, None) => Value::Null,
+            }));
+        }
+        let Some(shape) = field.shape else {
+            // Not in the schema (validation would have refused it): keep
+            // whatever the executor produced.
+            return Ok(taken);
+        };
+        let Some(mut value) = taken else {
+            // Left out: the field's own resolver failed.
+            return if shape.ty.nullable {
+                Ok(Some(Value::Null))
+            } else {
+                Err(Propagate)
+            };
+        };
+        if self.track {
+            path.push(PathSegment::Field(field.key.to_owned()));
+        }
+        let result = self.value(&mut value, &shape.ty, shape.composite, &field.sets, path);
+        if self.track {
+            path.pop();
+        }
+        result.map(|()| Some(value))
+    }
+
     fn object(
         &self,
         map: &mut IndexMap<Name, Value>,
@@ -343,49 +461,32 @@ impl<'a> Walk<'a> {
         sets: &[&'a SelectionSet],
         path: &mut Vec<PathSegment>,
     ) -> Result<(), Propagate> {
-        let Some(TypeShape::Composite(fields)) = self.shape.types.get(type_name) else {
-            return Ok(());
-        };
-        let mut collected = IndexMap::new();
-        self.collect(type_name, sets, &mut collected, &mut HashSet::new());
-        let mut out = IndexMap::with_capacity(collected.len());
-        for (key, field) in collected {
-            let taken = map.shift_remove(key);
-            if field.name.starts_with("__") {
-                // Introspection and `__typename` are answered by the
-                // executor itself, and never fail.
-                let value = match (field.name, taken) {
-                    (_, Some(value)) => value,
-                    ("__typename", None) => Value::String(type_name.to_owned()),
-                    (_, None) => Value::Null,
-                };
-                out.insert(Name::new(key), value);
-                continue;
+        let collected = self.collected(type_name, sets);
+        // The common case: every field present, in selection order. Complete
+        // the values in place, allocating nothing.
+        let in_order = map.len() == collected.len()
+            && map
+                .keys()
+                .zip(collected.iter())
+                .all(|(k, c)| k.as_str() == c.key);
+        if in_order {
+            for ((_, slot), field) in map.iter_mut().zip(collected.iter()) {
+                let taken = std::mem::take(slot);
+                if let Some(value) = self.field(Some(taken), field, type_name, path)? {
+                    *slot = value;
+                }
             }
-            let Some(shape) = fields.get(field.name) else {
-                // Not in the schema (validation would have refused it):
-                // keep whatever the executor produced.
-                if let Some(value) = taken {
-                    out.insert(Name::new(key), value);
-                }
-                continue;
+            return Ok(());
+        }
+        let mut out = IndexMap::with_capacity(collected.len());
+        for field in collected.iter() {
+            let (name, taken) = match map.swap_remove_entry(field.key) {
+                Some((name, value)) => (name, Some(value)),
+                None => (Name::new(field.key), None),
             };
-            path.push(PathSegment::Field(key.to_owned()));
-            let result = match taken {
-                // Left out: the field's own resolver failed.
-                None => {
-                    if shape.ty.nullable {
-                        Ok(Value::Null)
-                    } else {
-                        Err(Propagate)
-                    }
-                }
-                Some(mut value) => self
-                    .value(&mut value, &shape.ty, &field.sets, path)
-                    .map(|()| value),
-            };
-            path.pop();
-            out.insert(Name::new(key), result?);
+            if let Some(value) = self.field(taken, field, type_name, path)? {
+                out.insert(name, value);
+            }
         }
         *map = out;
         Ok(())
@@ -395,6 +496,7 @@ impl<'a> Walk<'a> {
         &self,
         value: &mut Value,
         ty: &Type,
+        composite: bool,
         sets: &[&'a SelectionSet],
         path: &mut Vec<PathSegment>,
     ) -> Result<(), Propagate> {
@@ -404,9 +506,13 @@ impl<'a> Walk<'a> {
                 Value::List(items) => {
                     let mut ok = Ok(());
                     for (index, item) in items.iter_mut().enumerate() {
-                        path.push(PathSegment::Index(index));
-                        let r = self.value(item, item_ty, sets, path);
-                        path.pop();
+                        if self.track {
+                            path.push(PathSegment::Index(index));
+                        }
+                        let r = self.value(item, item_ty, composite, sets, path);
+                        if self.track {
+                            path.pop();
+                        }
                         if r.is_err() {
                             ok = Err(Propagate);
                             break;
@@ -417,10 +523,6 @@ impl<'a> Walk<'a> {
                 _ => Ok(()),
             },
             BaseType::Named(name) => {
-                let composite = matches!(
-                    self.shape.types.get(name.as_str()),
-                    Some(TypeShape::Composite(_))
-                );
                 match value {
                     Value::Null if composite && (!ty.nullable || self.errors_below(path)) => {
                         // The executor collapsed an object whose fields all
@@ -432,13 +534,16 @@ impl<'a> Walk<'a> {
                     }
                     Value::Null => Err(Propagate),
                     Value::Object(map) if composite => {
-                        let concrete = match map.get("__typename") {
-                            Some(Value::String(t)) if !self.shape.possible.contains_key(t) => {
-                                t.clone()
+                        // Only abstract types need the runtime type.
+                        let concrete = if self.shape.possible.contains_key(name.as_str()) {
+                            match map.get("__typename") {
+                                Some(Value::String(t)) => Some(t.clone()),
+                                _ => None,
                             }
-                            _ => name.to_string(),
+                        } else {
+                            None
                         };
-                        self.object(map, &concrete, sets, path)
+                        self.object(map, concrete.as_deref().unwrap_or(name.as_str()), sets, path)
                     }
                     _ => Ok(()),
                 }
