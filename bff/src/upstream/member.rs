@@ -98,7 +98,7 @@ impl MemberClient {
         tenant: &TenantId,
         ids: &[MemberId],
     ) -> Result<HashMap<MemberId, Member>, UpstreamError> {
-        let path = format!("tenants/{tenant}/members");
+        let path = ["tenants", tenant.as_str(), "members"];
         let ids: Vec<&str> = ids.iter().map(MemberId::as_str).collect();
         let items = self
             .endpoint
@@ -116,7 +116,13 @@ impl MemberClient {
         tenant: &TenantId,
         member: &MemberId,
     ) -> Result<Option<Vec<Coupon>>, UpstreamError> {
-        let path = format!("tenants/{tenant}/members/{member}/coupons");
+        let path = [
+            "tenants",
+            tenant.as_str(),
+            "members",
+            member.as_str(),
+            "coupons",
+        ];
         let items: Option<Items<CouponDto>> = self.endpoint.get("coupons.list", &path, &[]).await?;
         Ok(items.map(|i| {
             let total = i.items.len();

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod console;
+mod edge;
 mod helpers;
 mod home_card;
 mod limits;
