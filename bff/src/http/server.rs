@@ -84,6 +84,7 @@ pub async fn serve(
         .header_read_timeout(None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
+    let (mut refused, mut last_warned) = (0u64, None);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -110,7 +111,21 @@ pub async fn serve(
                     stop_rx.clone(),
                 ));
             }
-            Err(_) => refuse(stream),
+            Err(_) => {
+                refuse(stream);
+                // Logged at most once a second, so an attack does not
+                // flood the logs too.
+                refused += 1;
+                if last_warned.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        refused,
+                        max_connections,
+                        "connections refused: at the connection limit"
+                    );
+                    refused = 0;
+                    last_warned = Some(Instant::now());
+                }
+            }
         }
     }
     drop(listener);
@@ -124,7 +139,6 @@ pub async fn serve(
 /// Turns away a connection past the cap: a best-effort `503` (without
 /// waiting: a client that does not read gets nothing) and close.
 fn refuse(stream: TcpStream) {
-    tracing::warn!("connection refused: at the connection limit");
     let _ = stream.try_write(BUSY);
 }
 
