@@ -342,6 +342,7 @@ fn start_bff(upstreams: &str, delay_us: u64, cache: bool, rules: bool) -> (Proc,
         Command::new(env!("CARGO_BIN_EXE_bff"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("BFF_LOG__FILTER", "warn")
+            .env("BFF_ENVIRONMENT", "development")
             .env("BFF_UPSTREAMS__MALL__BASE_URL", format!("{upstreams}/mall"))
             .env(
                 "BFF_UPSTREAMS__MEMBER__BASE_URL",

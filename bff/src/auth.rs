@@ -41,6 +41,21 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at (seconds since the epoch).
     pub exp: u64,
+    /// Not valid before (seconds since the epoch), if the issuer set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// The token of an `Authorization` header value in the `Bearer` scheme, or
+/// `None` for another scheme or an empty token. The scheme name is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    let well_formed = scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.contains(|c: char| c.is_ascii_whitespace());
+    well_formed.then_some(token)
 }
 
 /// Who is asking.
@@ -95,6 +110,12 @@ pub enum AuthError {
     /// The token is expired.
     #[error("token expired")]
     Expired,
+    /// The token is not valid yet (`nbf` in the future).
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// The token is valid for longer than `auth.max_token_lifetime_secs`.
+    #[error("token lifetime longer than allowed")]
+    TooLongLived,
     /// Bad signature, wrong issuer, malformed, or missing claims.
     #[error("token invalid: {0}")]
     Invalid(String),
@@ -108,6 +129,8 @@ pub struct Authenticator {
     validation: Validation,
     issuer: String,
     ttl: Duration,
+    max_lifetime: u64,
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -132,6 +155,7 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[settings.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = settings.leeway_secs;
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -139,11 +163,14 @@ impl Authenticator {
             validation,
             issuer: settings.issuer.clone(),
             ttl: Duration::from_secs(settings.token_ttl_secs),
+            max_lifetime: settings.max_token_lifetime_secs,
+            leeway: settings.leeway_secs,
         }
     }
 
     /// Signs a token for `subject` of `tenant` in `role`, valid for the
-    /// configured lifetime (or `ttl` if given).
+    /// configured lifetime (or `ttl` if given, which may not exceed the
+    /// longest lifetime this authenticator accepts).
     pub fn issue(
         &self,
         tenant: &TenantId,
@@ -151,6 +178,10 @@ impl Authenticator {
         role: Role,
         ttl: Option<Duration>,
     ) -> Result<String, AuthError> {
+        let ttl = ttl.unwrap_or(self.ttl).as_secs();
+        if ttl > self.max_lifetime {
+            return Err(AuthError::TooLongLived);
+        }
         let iat = now();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -158,7 +189,8 @@ impl Authenticator {
             tenant: tenant.clone(),
             role,
             iat,
-            exp: iat.saturating_add(ttl.unwrap_or(self.ttl).as_secs()),
+            exp: iat.saturating_add(ttl),
+            nbf: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))
@@ -169,9 +201,16 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let claims = data.claims;
+        // A token lives from its issue (or, if that claims to be in the
+        // future, from now) to its expiry; `iat` cannot stretch it.
+        let start = claims.iat.min(now());
+        if claims.exp.saturating_sub(start) > self.max_lifetime.saturating_add(self.leeway) {
+            return Err(AuthError::TooLongLived);
+        }
         Ok(match claims.role {
             Role::Member => Principal::Member {
                 tenant: claims.tenant,
@@ -238,9 +277,69 @@ mod tests {
             role: Role::Member,
             iat: now() - 7200,
             exp: now() - 3600,
+            nbf: None,
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert!(matches!(a.verify(&token), Err(AuthError::Expired)));
+    }
+
+    fn signed(a: &Authenticator, iat: u64, exp: u64, nbf: Option<u64>) -> String {
+        let claims = Claims {
+            iss: "mall-bff".into(),
+            sub: "member-1".into(),
+            tenant: TenantId::parse("demo").unwrap(),
+            role: Role::Member,
+            iat,
+            exp,
+            nbf,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap()
+    }
+
+    #[test]
+    fn a_token_before_its_not_before_time_is_refused_and_accepted_after() {
+        let a = auth();
+        let t = now();
+        let early = signed(&a, t, t + 3600, Some(t + 600));
+        assert!(matches!(a.verify(&early), Err(AuthError::NotYetValid)));
+        // Within the configured clock-skew leeway (30 s) it is accepted.
+        let skewed = signed(&a, t, t + 3600, Some(t + 10));
+        assert!(a.verify(&skewed).is_ok());
+        let started = signed(&a, t - 60, t + 3600, Some(t - 30));
+        assert!(a.verify(&started).is_ok());
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_maximum_lifetime_is_refused() {
+        let a = auth(); // at most 7 days
+        let t = now();
+        let week = 7 * 24 * 3600;
+        assert!(a.verify(&signed(&a, t, t + week, None)).is_ok());
+        let decade = signed(&a, t, t + 10 * 365 * 24 * 3600, None);
+        assert!(matches!(a.verify(&decade), Err(AuthError::TooLongLived)));
+        // An `iat` in the future cannot make a long-lived token look short.
+        let backdated = signed(&a, t + 300 * 24 * 3600, t + 301 * 24 * 3600, None);
+        assert!(matches!(a.verify(&backdated), Err(AuthError::TooLongLived)));
+        // Nor can the issuer mint one.
+        let tenant = TenantId::parse("demo").unwrap();
+        let too_long = Duration::from_secs(week + 1);
+        assert!(matches!(
+            a.issue(&tenant, "member-1", Role::Member, Some(too_long)),
+            Err(AuthError::TooLongLived)
+        ));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_not_bearer() {
+        assert_eq!(bearer_token("Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token("bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token("BEARER abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token("BeArEr   abc.def  "), Some("abc.def"));
+        assert_eq!(bearer_token("Basic dXNlcjpwdw=="), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer a b"), None);
     }
 }

@@ -34,12 +34,12 @@ pub enum ConfigError {
 }
 
 /// Where the BFF runs. Production refuses development conveniences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     /// Local development and demos: dev signing key allowed, demo token
-    /// endpoint on, embedded demo upstreams allowed.
-    #[default]
+    /// endpoint on, embedded demo upstreams allowed, playground,
+    /// introspection and `/metrics` open by default.
     Development,
     /// Real traffic: a real signing key and real upstreams are required.
     Production,
@@ -49,10 +49,16 @@ pub enum Environment {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// `development` (default) or `production`.
-    pub environment: Environment,
+    /// `development` or `production`. Unset means development, but only
+    /// while nothing real is configured: with a configured upstream base URL
+    /// or a Redis URL the mode must be chosen explicitly (see
+    /// [`Settings::check`]), so a real deployment never runs with
+    /// development conveniences by omission.
+    pub environment: Option<Environment>,
     /// Address the HTTP server binds (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
+    /// Connection limits and timeouts of the HTTP server.
+    pub server: ServerSettings,
     /// Tenant of requests that carry no token (public screens).
     pub default_tenant: TenantId,
     /// Member and staff authentication.
@@ -75,6 +81,74 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Promotion rules.
     pub rules: RulesSettings,
+    /// The `/metrics` endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// Connection limits and timeouts of the HTTP server (HTTP/1.1).
+///
+/// Every connection costs a file descriptor and buffer memory, so none may
+/// be held without doing work: a connection that sends nothing, trickles
+/// its request head or body, or sits idle between requests is closed, and
+/// past `max_connections` new connections are turned away at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Time a client has to send a whole request head (request line and
+    /// headers) once its first byte arrived, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a whole request body once the head
+    /// arrived, in milliseconds.
+    pub body_read_timeout_ms: u64,
+    /// How long a connection may wait for its next request (or, just
+    /// accepted, for its first byte) before it is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once; further ones are answered `503` and
+    /// closed. Lowered at start to fit the process's file descriptor limit.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted, in bytes;
+    /// a larger one is answered `431`. At least 8192.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Time allowed for a request head.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// Time allowed for a request body.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+    /// Time a connection may wait for a request.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` to anyone. Unset: yes in development, no in
+    /// production (there it needs `bearer_token` or an operator token).
+    pub public: Option<bool>,
+    /// A token a scraper presents as `Authorization: Bearer <token>` to
+    /// read `/metrics` (at least 32 bytes). Operator tokens are accepted
+    /// too.
+    pub bearer_token: Option<SecretString>,
 }
 
 /// The BFF's own state store.
@@ -112,6 +186,9 @@ pub struct RulesSettings {
     /// Publish and activate the example rules for the default tenant when it
     /// has no deployments yet (development only).
     pub demo_deployments: bool,
+    /// Serve the rule console at `/console/` (a static page; everything it
+    /// does needs a rule-author or operator token).
+    pub console: bool,
 }
 
 impl Default for RulesSettings {
@@ -121,6 +198,7 @@ impl Default for RulesSettings {
             quarantine_after: 5,
             batch_budget_ms: 250,
             demo_deployments: true,
+            console: true,
         }
     }
 }
@@ -128,8 +206,9 @@ impl Default for RulesSettings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            environment: Environment::Development,
+            environment: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            server: ServerSettings::default(),
             default_tenant: TenantId::parse("demo").expect("literal tenant id is valid"),
             auth: AuthSettings::default(),
             upstreams: UpstreamsSettings::default(),
@@ -140,6 +219,7 @@ impl Default for Settings {
             redis_url: None,
             store: StoreSettings::default(),
             rules: RulesSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -155,6 +235,10 @@ pub struct AuthSettings {
     pub issuer: String,
     /// Lifetime of tokens printed by `bff token`, in seconds.
     pub token_ttl_secs: u64,
+    /// Longest lifetime (`exp` − `iat`, or `exp` − now without `iat`) a
+    /// presented token may have, in seconds; a longer-lived token is
+    /// refused, so a leaked token cannot stay valid for years.
+    pub max_token_lifetime_secs: u64,
     /// Clock skew tolerated when checking `exp` / `nbf`, in seconds.
     pub leeway_secs: u64,
 }
@@ -165,6 +249,7 @@ impl Default for AuthSettings {
             jwt_secret: SecretString::from(DEV_JWT_SECRET),
             issuer: "mall-bff".to_owned(),
             token_ttl_secs: 24 * 3600,
+            max_token_lifetime_secs: 7 * 24 * 3600,
             leeway_secs: 30,
         }
     }
@@ -273,9 +358,12 @@ pub struct GraphqlSettings {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Whether schema introspection is served (the playground needs it).
-    pub introspection: bool,
-    /// Serve the playground at `/playground`.
-    pub playground: bool,
+    /// Unset: on in development, off in production; [`Settings::resolve`]
+    /// fills it in.
+    pub introspection: Option<bool>,
+    /// Serve the playground at `/playground/`. Unset: on in development,
+    /// off in production.
+    pub playground: Option<bool>,
     /// How long a DataLoader waits for more keys before it sends a batch,
     /// in microseconds. See `bff/docs/benchmarks.md` for why this value.
     pub dataloader_delay_us: u64,
@@ -315,8 +403,8 @@ impl Default for GraphqlSettings {
             max_complexity: 2000,
             max_aliases: 30,
             max_body_bytes: 64 * 1024,
-            introspection: true,
-            playground: true,
+            introspection: None,
+            playground: None,
             dataloader_delay_us: 0,
             document_cache_bytes: 16 * 1024 * 1024,
             max_nesting: 32,
@@ -397,17 +485,74 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The mode the BFF runs in: the configured one, else development
+    /// ([`Settings::check`] refuses an unset mode once anything real is
+    /// configured).
+    pub fn environment(&self) -> Environment {
+        self.environment.unwrap_or(Environment::Development)
+    }
+
+    /// Whether this is a production node.
+    pub fn is_production(&self) -> bool {
+        self.environment() == Environment::Production
+    }
+
+    /// Fills in the settings whose default depends on the environment
+    /// (playground, introspection, public `/metrics`): on in development,
+    /// off in production, unless configured.
+    pub fn resolve(&mut self) {
+        let development = !self.is_production();
+        self.graphql.playground.get_or_insert(development);
+        self.graphql.introspection.get_or_insert(development);
+        self.metrics.public.get_or_insert(development);
+    }
+
+    /// Whether the playground is served.
+    pub fn playground_enabled(&self) -> bool {
+        self.graphql.playground.unwrap_or(!self.is_production())
+    }
+
+    /// Whether anyone may read `/metrics` without a token.
+    pub fn metrics_public(&self) -> bool {
+        self.metrics.public.unwrap_or(!self.is_production())
+    }
+
     /// Whether `/dev/token` may mint tokens: only in development, and only
     /// while the key is the public development key (such tokens prove
     /// nothing, so handing them out exposes nothing).
     pub fn dev_tokens_allowed(&self) -> bool {
-        self.environment == Environment::Development
+        self.environment() == Environment::Development
             && self.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET
+    }
+
+    /// What is configured that only a real deployment has: upstream base
+    /// URLs or a shared store.
+    fn real_services(&self) -> Option<String> {
+        let mut real: Vec<String> = self
+            .upstreams
+            .iter()
+            .into_iter()
+            .filter(|(_, u)| u.base_url.is_some())
+            .map(|(name, _)| format!("upstreams.{name}.base_url"))
+            .collect();
+        if self.redis_url.is_some() {
+            real.push("redis_url".to_owned());
+        }
+        (!real.is_empty()).then(|| real.join(", "))
     }
 
     /// Rejects combinations that cannot work.
     pub fn check(&self) -> Result<(), ConfigError> {
-        if self.environment == Environment::Production {
+        if self.environment.is_none()
+            && let Some(real) = self.real_services()
+        {
+            return Err(ConfigError::Inconsistent(format!(
+                "environment is not set, but {real} is configured: set \
+                 environment = \"production\" (BFF_ENVIRONMENT=production) for \
+                 real traffic, or \"development\" to develop against these services"
+            )));
+        }
+        if self.is_production() {
             if self.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
                 return Err(ConfigError::Inconsistent(
                     "auth.jwt_secret must be set to a private key in production \
@@ -429,6 +574,13 @@ impl Settings {
                 "auth.jwt_secret must be at least 32 bytes".into(),
             ));
         }
+        if let Some(token) = &self.metrics.bearer_token
+            && token.expose_secret().len() < 32
+        {
+            return Err(ConfigError::Inconsistent(
+                "metrics.bearer_token must be at least 32 bytes".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.demo.faults.error_rate) {
             return Err(ConfigError::Inconsistent(
                 "demo.faults.error_rate must be between 0.0 and 1.0".into(),
@@ -437,6 +589,11 @@ impl Settings {
         if self.auth.token_ttl_secs > 366 * 24 * 3600 {
             return Err(ConfigError::Inconsistent(
                 "auth.token_ttl_secs must be at most a year".into(),
+            ));
+        }
+        if self.auth.token_ttl_secs > self.auth.max_token_lifetime_secs {
+            return Err(ConfigError::Inconsistent(
+                "auth.token_ttl_secs must not exceed auth.max_token_lifetime_secs".into(),
             ));
         }
         if self.demo.size == 0 {
@@ -450,6 +607,29 @@ impl Settings {
                     "upstreams.{name}.timeout_ms must be positive"
                 )));
             }
+        }
+        let server = &self.server;
+        for (key, value) in [
+            ("header_read_timeout_ms", server.header_read_timeout_ms),
+            ("body_read_timeout_ms", server.body_read_timeout_ms),
+            ("idle_timeout_ms", server.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Inconsistent(format!(
+                    "server.{key} must be positive"
+                )));
+            }
+        }
+        if !(1..=1_000_000).contains(&server.max_connections) {
+            return Err(ConfigError::Inconsistent(
+                "server.max_connections must be between 1 and 1000000".into(),
+            ));
+        }
+        // hyper's read buffer cannot be smaller than this.
+        if server.max_header_bytes < 8192 {
+            return Err(ConfigError::Inconsistent(
+                "server.max_header_bytes must be at least 8192".into(),
+            ));
         }
         Ok(())
     }
@@ -530,6 +710,91 @@ mod tests {
             );
             let err = Settings::load(None).unwrap_err();
             assert!(err.to_string().contains("base_url"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn real_upstreams_or_redis_without_an_explicit_environment_are_refused() {
+        Jail::expect_with(|jail| {
+            // Nothing real configured: development, as `bff serve` runs it.
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.environment(), Environment::Development);
+            assert!(settings.dev_tokens_allowed());
+
+            jail.set_env("BFF_UPSTREAMS__MALL__BASE_URL", "http://mall.internal/");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("environment is not set"), "{err}");
+            assert!(err.contains("upstreams.mall.base_url"), "{err}");
+
+            jail.set_env("BFF_ENVIRONMENT", "development");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.environment(), Environment::Development);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_REDIS_URL", "redis://10.0.0.5:6379");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("redis_url"), "{err}");
+            Ok(())
+        });
+    }
+
+    fn production(jail: &mut Jail) {
+        jail.set_env("BFF_ENVIRONMENT", "production");
+        jail.set_env(
+            "BFF_AUTH__JWT_SECRET",
+            "a-real-private-key-of-at-least-32-bytes!",
+        );
+        for service in ["MALL", "MEMBER", "PRODUCT"] {
+            jail.set_env(
+                format!("BFF_UPSTREAMS__{service}__BASE_URL"),
+                "http://svc.internal/",
+            );
+        }
+    }
+
+    #[test]
+    fn production_closes_playground_introspection_and_metrics_unless_configured() {
+        Jail::expect_with(|jail| {
+            production(jail);
+            let mut settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(settings.is_production());
+            assert!(!settings.dev_tokens_allowed());
+            assert!(!settings.playground_enabled());
+            assert!(!settings.metrics_public());
+            settings.resolve();
+            assert_eq!(settings.graphql.introspection, Some(false));
+            assert_eq!(settings.graphql.playground, Some(false));
+
+            jail.set_env("BFF_GRAPHQL__INTROSPECTION", "true");
+            jail.set_env("BFF_METRICS__PUBLIC", "true");
+            let mut settings = Settings::load(None).map_err(|e| e.to_string())?;
+            settings.resolve();
+            assert_eq!(settings.graphql.introspection, Some(true));
+            assert!(settings.metrics_public());
+            Ok(())
+        });
+        let mut development = Settings::default();
+        development.resolve();
+        assert_eq!(development.graphql.introspection, Some(true));
+        assert!(development.playground_enabled() && development.metrics_public());
+    }
+
+    #[test]
+    fn server_limits_must_be_usable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_SERVER__IDLE_TIMEOUT_MS", "0");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("server.idle_timeout_ms"), "{err}");
+            jail.set_env("BFF_SERVER__IDLE_TIMEOUT_MS", "1000");
+            jail.set_env("BFF_SERVER__MAX_HEADER_BYTES", "1024");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("server.max_header_bytes"), "{err}");
+            jail.set_env("BFF_SERVER__MAX_HEADER_BYTES", "16384");
+            jail.set_env("BFF_METRICS__BEARER_TOKEN", "short");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("metrics.bearer_token"), "{err}");
             Ok(())
         });
     }

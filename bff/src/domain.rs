@@ -46,6 +46,14 @@ fn check_id(what: &'static str, raw: &str) -> Result<(), InvalidInput> {
             reason: "may only contain letters, digits, '-', '_' and '.'",
         });
     }
+    // `.` and `..` are path segments with a meaning of their own: in an
+    // upstream URL they would name another resource.
+    if raw == "." || raw == ".." {
+        return Err(InvalidInput {
+            what,
+            reason: "must not be '.' or '..'",
+        });
+    }
     Ok(())
 }
 
@@ -294,6 +302,11 @@ mod tests {
         assert!(MallId::parse("mall-1,mall-2").is_err());
         assert!(MallId::parse("../admin").is_err());
         assert!(MallId::parse("mall 1").is_err());
+        assert!(MallId::parse(".").is_err());
+        assert!(MallId::parse("..").is_err());
+        assert!(MemberId::parse("..").is_err());
+        assert!(MallId::parse("v1.2").is_ok());
+        assert!(MallId::parse("...").is_ok());
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //! * [`home`] — the home card: a whole screen in one round trip.
 //! * [`upstream`] — one client per upstream service (anti-corruption
 //!   layer).
-//! * [`http`] — playground, health, readiness, metrics.
+//! * [`http`] — playground, health, readiness, metrics; the HTTP server
+//!   and its connection limits.
 //! * [`metrics`] — the instance's Prometheus registry.
 //! * [`demo`] — demo upstream services and their generated data set.
 

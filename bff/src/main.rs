@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use bff::auth::{Authenticator, Role};
-use bff::config::{Environment, FaultSettings, Settings};
+use bff::config::{FaultSettings, Settings};
 use bff::domain::{MemberId, TenantId};
 use bff::startup::Application;
 
@@ -156,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
         } => {
             let settings = Settings::load(config.as_deref())?;
-            if settings.environment == Environment::Production {
+            if settings.is_production() {
                 anyhow::bail!(
                     "refusing to mint tokens: the configuration says production \
                      (tokens come from the identity service there)"

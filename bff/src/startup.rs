@@ -3,7 +3,8 @@
 //! Tests and `bff serve` start the app the same way: `Application::build`
 //! binds (port 0 in tests), starts the embedded demo upstreams for every
 //! upstream without a configured base URL, and `run_until_stopped` serves
-//! until Ctrl-C / SIGTERM, finishing in-flight requests.
+//! until Ctrl-C / SIGTERM, finishing in-flight requests, with the
+//! connection limits of [`crate::http::server`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,8 +111,9 @@ pub struct Application {
 impl Application {
     /// Builds the app from settings and binds its listener. Starts the
     /// demo upstreams if any upstream has no configured base URL.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         settings.check()?;
+        settings.resolve();
         let needs_demo = settings
             .upstreams
             .iter()
@@ -153,9 +155,7 @@ impl Application {
             metrics.clone(),
         );
         registry.start().await?;
-        if settings.rules.demo_deployments
-            && settings.environment == crate::config::Environment::Development
-        {
+        if settings.rules.demo_deployments && !settings.is_production() {
             let tenant = settings.default_tenant.as_str();
             if crate::demo::rules::install(&registry, tenant).await? {
                 tracing::info!(tenant, "installed the demo promotion deployments");
@@ -222,9 +222,13 @@ impl Application {
         tracing::info!(%addr, "BFF listening; playground at http://{addr}/playground");
         // Keep the demo upstreams alive for as long as we serve.
         let _demo = self.demo;
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        crate::http::server::serve(
+            self.listener,
+            self.router,
+            &self.state.settings().server,
+            shutdown_signal(),
+        )
+        .await
     }
 }
 

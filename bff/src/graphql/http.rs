@@ -150,11 +150,7 @@ pub fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, Bo
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(crate::auth::bearer_token)
         .ok_or_else(|| unauthenticated("not a bearer token"))?;
     app.authenticator()
         .verify(token)

@@ -134,7 +134,9 @@ pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
         // `limits::parse`); this is the ceiling for introspection.
         .limit_depth(limits::INTROSPECTION_MAX_DEPTH.max(settings.max_depth))
         .limit_complexity(settings.max_complexity);
-    if !settings.introspection {
+    // Unset means "decided by the environment" (`Settings::resolve`);
+    // unresolved, the safe choice.
+    if settings.introspection != Some(true) {
         builder = builder.disable_introspection();
     }
     builder.finish()

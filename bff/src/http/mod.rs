@@ -1,5 +1,8 @@
 //! HTTP routes beside `/graphql`: the playground, health, readiness,
-//! metrics and (in development) demo tokens.
+//! metrics and (in development) demo tokens; and, in [`server`], the HTTP
+//! server that carries them, with its connection limits.
+
+pub mod server;
 
 pub mod payments;
 
@@ -45,7 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/rules/components", post(upload_component));
-    if state.settings().graphql.playground {
+    if state.settings().playground_enabled() {
         router = router
             .route("/", get(|| async { Redirect::temporary("/playground/") }))
             .route(
@@ -56,7 +59,10 @@ pub fn router(state: AppState) -> Router {
                 "/playground/",
                 get(|| async { asset_response("playground/index.html") }),
             )
-            .route("/playground/{*path}", get(playground_asset))
+            .route("/playground/{*path}", get(playground_asset));
+    }
+    if state.settings().rules.console {
+        router = router
             .route(
                 "/console",
                 get(|| async { Redirect::permanent("/console/") }),
@@ -110,7 +116,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+/// `/metrics`: open in development; in production (unless
+/// `metrics.public`) for the configured scraper token or an operator.
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if !app.settings().metrics_public()
+        && let Err(refusal) = metrics_access(&app, &headers)
+    {
+        return *refusal;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -119,6 +132,57 @@ async fn metrics(State(app): State<AppState>) -> Response {
         app.metrics().encode(),
     )
         .into_response()
+}
+
+/// Whether the request may read `/metrics` when they are not public.
+fn metrics_access(app: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer_token);
+    let refused = |status, code, message| {
+        let mut response = coded_response(status, code, message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Box::new(response)
+    };
+    let Some(token) = presented else {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHENTICATED,
+            "metrics need the metrics token or an operator token",
+        ));
+    };
+    if let Some(expected) = &app.settings().metrics.bearer_token {
+        // Comparing digests keeps the comparison's time independent of
+        // how much of the secret a guess gets right.
+        use secrecy::ExposeSecret;
+        use sha2::{Digest, Sha256};
+        if Sha256::digest(token.as_bytes()) == Sha256::digest(expected.expose_secret().as_bytes()) {
+            return Ok(());
+        }
+    }
+    match app.authenticator().verify(token) {
+        Ok(crate::auth::Principal::Staff {
+            role: Role::Operator,
+            ..
+        }) => Ok(()),
+        Ok(_) => Err(refused(
+            StatusCode::FORBIDDEN,
+            code::FORBIDDEN,
+            "metrics need the metrics token or an operator token",
+        )),
+        Err(err) => {
+            tracing::info!(reason = %err, "metrics token refused");
+            Err(refused(
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHENTICATED,
+                "metrics need the metrics token or an operator token",
+            ))
+        }
+    }
 }
 
 async fn console_asset(Path(path): Path<String>) -> Response {
@@ -235,8 +299,17 @@ async fn playground_asset(Path(path): Path<String>) -> Response {
     asset_response(&format!("playground/{path}"))
 }
 
+/// The Content-Security-Policy of the web pages: everything they load
+/// comes from this server (GraphiQL and React are vendored), nothing may
+/// frame them, and no inline script runs. Inline styles are allowed
+/// because GraphiQL and CodeMirror set them at run time.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; font-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
+
+/// A web page or one of its assets, with the pages' security headers.
 fn asset_response(path: &str) -> Response {
-    match WebAssets::get(path) {
+    let mut response = match WebAssets::get(path) {
         Some(file) => {
             let mime = mime_guess::from_path(path).first_or_octet_stream();
             (
@@ -246,7 +319,17 @@ fn asset_response(path: &str) -> Response {
                 .into_response()
         }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
     }
+    response
 }
 
 #[derive(Deserialize)]

@@ -134,7 +134,7 @@ impl MallClient {
 
     /// Every mall of the tenant.
     pub async fn all_malls(&self, tenant: &TenantId) -> Result<Vec<Mall>, UpstreamError> {
-        let path = format!("tenants/{tenant}/malls");
+        let path = ["tenants", tenant.as_str(), "malls"];
         let items: Option<Items<MallDto>> = self.endpoint.get("malls.list", &path, &[]).await?;
         let items = items.map(|i| i.items).unwrap_or_default();
         Ok(keep_valid("mall", items, MallDto::into_domain))
@@ -157,7 +157,7 @@ impl MallClient {
         tenant: &TenantId,
         ids: Vec<MallId>,
     ) -> Result<HashMap<MallId, Mall>, UpstreamError> {
-        let path = format!("tenants/{tenant}/malls");
+        let path = ["tenants", tenant.as_str(), "malls"];
         let ids: Vec<&str> = ids.iter().map(MallId::as_str).collect();
         let items = self
             .endpoint
@@ -186,7 +186,7 @@ impl MallClient {
         tenant: &TenantId,
         ids: Vec<StoreId>,
     ) -> Result<HashMap<StoreId, Store>, UpstreamError> {
-        let path = format!("tenants/{tenant}/stores");
+        let path = ["tenants", tenant.as_str(), "stores"];
         let ids: Vec<&str> = ids.iter().map(StoreId::as_str).collect();
         let items = self
             .endpoint
@@ -204,7 +204,7 @@ impl MallClient {
         tenant: &TenantId,
         malls: &[MallId],
     ) -> Result<Vec<Store>, UpstreamError> {
-        let path = format!("tenants/{tenant}/stores");
+        let path = ["tenants", tenant.as_str(), "stores"];
         let ids: Vec<&str> = malls.iter().map(MallId::as_str).collect();
         let items = self
             .endpoint

@@ -100,7 +100,7 @@ impl MemberClient {
         tenant: &TenantId,
         ids: &[MemberId],
     ) -> Result<HashMap<MemberId, Member>, UpstreamError> {
-        let path = format!("tenants/{tenant}/members");
+        let path = ["tenants", tenant.as_str(), "members"];
         let ids: Vec<&str> = ids.iter().map(MemberId::as_str).collect();
         let items = self
             .endpoint
@@ -118,7 +118,13 @@ impl MemberClient {
         tenant: &TenantId,
         member: &MemberId,
     ) -> Result<Option<Vec<Coupon>>, UpstreamError> {
-        let path = format!("tenants/{tenant}/members/{member}/coupons");
+        let path = [
+            "tenants",
+            tenant.as_str(),
+            "members",
+            member.as_str(),
+            "coupons",
+        ];
         let items: Option<Items<CouponDto>> = self.endpoint.get("coupons.list", &path, &[]).await?;
         Ok(items.map(|i| {
             let total = i.items.len();
@@ -268,7 +274,7 @@ impl MemberClient {
         key: &str,
         request: &HoldRequest,
     ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
-        let path = format!("tenants/{tenant}/holds/{key}");
+        let path = ["tenants", tenant.as_str(), "holds", key];
         let body = serde_json::json!({
             "member_id": request.member.as_str(),
             "points": request.points,
@@ -289,7 +295,7 @@ impl MemberClient {
         tenant: &TenantId,
         key: &str,
     ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
-        let path = format!("tenants/{tenant}/holds/{key}/release");
+        let path = ["tenants", tenant.as_str(), "holds", key, "release"];
         let answer = self
             .endpoint
             .send("holds.release", reqwest::Method::POST, &path, None)
@@ -303,7 +309,7 @@ impl MemberClient {
         tenant: &TenantId,
         key: &str,
     ) -> Result<Result<Hold, HoldRefusal>, UpstreamError> {
-        let path = format!("tenants/{tenant}/holds/{key}/commit");
+        let path = ["tenants", tenant.as_str(), "holds", key, "commit"];
         let answer = self
             .endpoint
             .send("holds.commit", reqwest::Method::POST, &path, None)
@@ -313,8 +319,10 @@ impl MemberClient {
 
     /// A hold by key; `None` if the service never saw the key.
     pub async fn hold(&self, tenant: &TenantId, key: &str) -> Result<Option<Hold>, UpstreamError> {
-        let path = format!("tenants/{tenant}/holds/{key}");
-        let dto: Option<HoldDto> = self.endpoint.get("holds.get", &path, &[]).await?;
+        let dto: Option<HoldDto> = self
+            .endpoint
+            .get("holds.get", &["tenants", tenant.as_str(), "holds", key], &[])
+            .await?;
         match dto {
             Some(dto) => dto
                 .into_domain()

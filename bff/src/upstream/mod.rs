@@ -122,8 +122,10 @@ impl Endpoint {
         }
     }
 
-    /// GETs `path` (relative to the base URL) and decodes the JSON body.
-    /// `Ok(None)` means the upstream answered 404.
+    /// GETs the resource at `path` (segments below the base URL, each
+    /// percent-encoded on its own, so an id can never add or climb path
+    /// segments) and decodes the JSON body. `Ok(None)` means the upstream
+    /// answered 404.
     #[tracing::instrument(
         name = "upstream",
         level = "debug",
@@ -133,7 +135,7 @@ impl Endpoint {
     async fn get<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
-        path: &str,
+        path: &[&str],
         query: &[(&str, &str)],
     ) -> Result<Option<T>, UpstreamError> {
         let started = Instant::now();
@@ -150,15 +152,35 @@ impl Endpoint {
         result
     }
 
+    /// The URL of the resource at `path` below the base URL.
+    fn url(&self, path: &[&str]) -> Result<Url, UpstreamError> {
+        // Ids are parsed before they get here; this keeps the promise even
+        // if one were not: `url` silently drops `.` and `..` segments,
+        // which would name another resource.
+        if path.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+            tracing::error!(
+                ?path,
+                "refusing an empty, '.' or '..' upstream path segment"
+            );
+            return Err(UpstreamError::BadResponse(self.name));
+        }
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| {
+                tracing::error!(base = %self.base, "upstream base URL cannot have a path");
+                UpstreamError::BadResponse(self.name)
+            })?
+            .pop_if_empty()
+            .extend(path);
+        Ok(url)
+    }
+
     async fn get_inner<T: DeserializeOwned>(
         &self,
-        path: &str,
+        path: &[&str],
         query: &[(&str, &str)],
     ) -> Result<Option<T>, UpstreamError> {
-        let url = self.base.join(path).map_err(|err| {
-            tracing::error!(error = %err, path, "cannot build upstream URL");
-            UpstreamError::BadResponse(self.name)
-        })?;
+        let url = self.url(path)?;
         let mut response = self
             .http
             .get(url)
@@ -225,7 +247,7 @@ impl Endpoint {
         &self,
         endpoint: &'static str,
         method: reqwest::Method,
-        path: &str,
+        path: &[&str],
         body: Option<&serde_json::Value>,
     ) -> Result<Answer<T>, UpstreamError> {
         let started = Instant::now();
@@ -246,13 +268,10 @@ impl Endpoint {
     async fn send_inner<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
-        path: &str,
+        path: &[&str],
         body: Option<&serde_json::Value>,
     ) -> Result<Answer<T>, UpstreamError> {
-        let url = self.base.join(path).map_err(|err| {
-            tracing::error!(error = %err, path, "cannot build upstream URL");
-            UpstreamError::BadResponse(self.name)
-        })?;
+        let url = self.url(path)?;
         let mut request = self.http.request(method, url).timeout(self.timeout);
         if let Some(body) = body {
             request = request.json(body);
@@ -309,7 +328,7 @@ impl Endpoint {
     async fn get_batch<D: DeserializeOwned>(
         &self,
         endpoint: &'static str,
-        path: &str,
+        path: &[&str],
         param: &str,
         ids: &[&str],
     ) -> Result<Vec<D>, UpstreamError> {
@@ -328,7 +347,7 @@ impl Endpoint {
 
     /// `GET healthz`: the service's own health check.
     async fn health(&self) -> Result<(), UpstreamError> {
-        let ok: Option<serde_json::Value> = self.get("health", "healthz", &[]).await?;
+        let ok: Option<serde_json::Value> = self.get("health", &["healthz"], &[]).await?;
         ok.map(|_| ()).ok_or(UpstreamError::Unavailable(self.name))
     }
 
@@ -448,4 +467,45 @@ enum Answer<T> {
 #[derive(serde::Deserialize)]
 struct Items<T> {
     items: Vec<T>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(base: &str) -> Endpoint {
+        Endpoint::new(
+            "mall",
+            &Url::parse(base).unwrap(),
+            &UpstreamSettings::default(),
+            reqwest::Client::new(),
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded_below_the_base_path() {
+        let e = endpoint("http://mall.internal/api");
+        let url = e.url(&["tenants", "demo", "malls"]).unwrap();
+        assert_eq!(url.as_str(), "http://mall.internal/api/tenants/demo/malls");
+        let url = e.url(&["tenants", "a/b?c#d e%"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://mall.internal/api/tenants/a%2Fb%3Fc%23d%20e%25"
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_refused_rather_than_resolved() {
+        let e = endpoint("http://mall.internal/api/");
+        for bad in [".", "..", ""] {
+            assert!(
+                matches!(
+                    e.url(&["tenants", bad, "malls"]),
+                    Err(UpstreamError::BadResponse("mall"))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 }

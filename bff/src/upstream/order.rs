@@ -74,7 +74,7 @@ impl OrderClient {
         tenant: &TenantId,
         event: OrderEvent<'_>,
     ) -> Result<(), UpstreamError> {
-        let path = format!("tenants/{tenant}/order-events");
+        let path = ["tenants", tenant.as_str(), "order-events"];
         let body = serde_json::json!({
             "order_id": event.order,
             "version": event.version,
@@ -104,8 +104,10 @@ impl OrderClient {
         tenant: &TenantId,
         order: &str,
     ) -> Result<Option<RecordedOrder>, UpstreamError> {
-        let path = format!("tenants/{tenant}/orders/{order}");
-        let seen: Option<SeenOrderDto> = self.endpoint.get("orders.get", &path, &[]).await?;
+        let seen: Option<SeenOrderDto> = self
+            .endpoint
+            .get("orders.get", &["tenants", tenant.as_str(), "orders", order], &[])
+            .await?;
         Ok(seen.map(|s| RecordedOrder {
             status: s.status,
             version: s.version,

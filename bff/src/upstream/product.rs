@@ -111,7 +111,7 @@ impl ProductClient {
         tenant: &TenantId,
         ids: &[ProductId],
     ) -> Result<HashMap<ProductId, Product>, UpstreamError> {
-        let path = format!("tenants/{tenant}/products");
+        let path = ["tenants", tenant.as_str(), "products"];
         let ids: Vec<&str> = ids.iter().map(ProductId::as_str).collect();
         let items = self
             .endpoint
@@ -131,7 +131,13 @@ impl ProductClient {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Option<Page>, UpstreamError> {
-        let path = format!("tenants/{tenant}/malls/{mall}/products");
+        let path = [
+            "tenants",
+            tenant.as_str(),
+            "malls",
+            mall.as_str(),
+            "products",
+        ];
         let limit = limit.to_string();
         let mut query = vec![("limit", limit.as_str())];
         if let Some(cursor) = after {
@@ -165,7 +171,13 @@ impl ProductClient {
         tenant: &TenantId,
         mall: &MallId,
     ) -> Result<Option<Vec<Product>>, UpstreamError> {
-        let path = format!("tenants/{tenant}/malls/{mall}/flash-sales");
+        let path = [
+            "tenants",
+            tenant.as_str(),
+            "malls",
+            mall.as_str(),
+            "flash-sales",
+        ];
         let items: Option<Items<ProductDto>> =
             self.endpoint.get("flash_sales.list", &path, &[]).await?;
         Ok(items.map(|i| keep_valid("product", i.items, ProductDto::into_domain)))

@@ -31,6 +31,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let data = tempfile::tempdir().expect("temp dir");
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
+        // Tests point the app at real Redis and at their own upstreams.
+        environment: Some(bff::config::Environment::Development),
         ..Settings::default()
     };
     settings.store.data_dir = data.path().to_path_buf();

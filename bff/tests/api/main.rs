@@ -7,6 +7,7 @@ mod checkout_store;
 mod cli;
 mod console;
 mod edge;
+mod server;
 mod helpers;
 mod home_card;
 mod limits;
