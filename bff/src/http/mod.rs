@@ -153,12 +153,12 @@ async fn upload_component(
         Ok(p) => p,
         Err(resp) => return unread(*resp),
     };
-    let tenant = match principal {
+    let (tenant, author) = match principal {
         crate::auth::Principal::Staff {
             tenant,
             role: Role::RuleAuthor,
-            ..
-        } => tenant,
+            subject,
+        } => (tenant, subject),
         crate::auth::Principal::Anonymous { .. } => {
             return unread(coded_response(
                 StatusCode::UNAUTHORIZED,
@@ -196,7 +196,7 @@ async fn upload_component(
     match app
         .pricing()
         .registry()
-        .upload(tenant.as_str(), body.to_vec())
+        .upload(tenant.as_str(), &author, body.to_vec())
         .await
     {
         Ok((sha256, size)) => (
@@ -212,6 +212,10 @@ async fn upload_component(
                 "the rule registry is unavailable",
             )
         }
+        Err(
+            e @ (crate::pricing::registry::RegistryError::RateLimited
+            | crate::pricing::registry::RegistryError::Busy),
+        ) => coded_response(StatusCode::TOO_MANY_REQUESTS, e.code(), &e.to_string()),
         Err(e) => coded_response(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string()),
     }
 }

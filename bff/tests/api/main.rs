@@ -5,6 +5,7 @@ mod cli;
 mod console;
 mod helpers;
 mod home_card;
+mod isolation;
 mod limits;
 mod playground;
 mod products;
