@@ -101,7 +101,7 @@ pub async fn install(registry: &Registry, tenant: &str) -> Result<bool, Registry
         return Ok(false);
     }
     for rule in DEMO_RULES {
-        let (sha, _) = registry.upload(tenant, "demo", rule.wasm.to_vec()).await?;
+        let (sha, _) = registry.upload(tenant, rule.wasm.to_vec()).await?;
         registry
             .publish(
                 tenant,

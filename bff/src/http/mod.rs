@@ -174,6 +174,18 @@ async fn upload_component(
             ));
         }
     };
+    // The rates are counted before the body is read.
+    if let Err(e) = app
+        .pricing()
+        .registry()
+        .admit_upload(tenant.as_str(), &author)
+    {
+        return unread(coded_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            e.code(),
+            &e.to_string(),
+        ));
+    }
     // The body is read only once the token is known to be a rule author's.
     let limit = crate::pricing::host::MAX_COMPONENT_BYTES;
     let body = match axum::body::to_bytes(body, limit).await {
@@ -196,7 +208,7 @@ async fn upload_component(
     match app
         .pricing()
         .registry()
-        .upload(tenant.as_str(), &author, body.to_vec())
+        .upload(tenant.as_str(), body.to_vec())
         .await
     {
         Ok((sha256, size)) => (
@@ -212,10 +224,9 @@ async fn upload_component(
                 "the rule registry is unavailable",
             )
         }
-        Err(
-            e @ (crate::pricing::registry::RegistryError::RateLimited
-            | crate::pricing::registry::RegistryError::Busy),
-        ) => coded_response(StatusCode::TOO_MANY_REQUESTS, e.code(), &e.to_string()),
+        Err(e @ crate::pricing::registry::RegistryError::Busy) => {
+            coded_response(StatusCode::TOO_MANY_REQUESTS, e.code(), &e.to_string())
+        }
         Err(e) => coded_response(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string()),
     }
 }

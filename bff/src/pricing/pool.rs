@@ -483,7 +483,26 @@ mod tests {
         let pool = RulePool::start(config(2, 1), Metrics::new()).unwrap();
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let mut waiting = Vec::new();
-        for _ in 0..17 {
+        let wait_for = |queued: usize, running: usize| {
+            let pool = pool.clone();
+            async move {
+                loop {
+                    {
+                        let state = pool.shared.state.lock().unwrap();
+                        let lane_running = state.lanes.get("hog").map_or(0, |l| l.running);
+                        if state.queued == queued && lane_running == running {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        for n in 0..17 {
+            if n == 1 {
+                // The first one is running before the others queue.
+                wait_for(0, 1).await;
+            }
             let gate = gate.clone();
             let pool = pool.clone();
             waiting.push(tokio::spawn(async move {
@@ -498,13 +517,7 @@ mod tests {
             }));
         }
         // One runs, 16 wait: the next is refused at once.
-        loop {
-            let queued = pool.shared.state.lock().unwrap().queued;
-            if queued == 16 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for(16, 1).await;
         assert_eq!(
             pool.run("hog", Work::Price, || ()).await,
             Err(PoolError::Busy)

@@ -369,24 +369,16 @@ impl Registry {
     /// Stores a component for `tenant` after checking it implements the rule
     /// world. Returns its sha256. Uploading the same bytes twice is a no-op.
     ///
-    /// In order, cheapest first: the author's and the tenant's upload rate,
-    /// the tenant's component quota, the binary's declared costs (while
+    /// In order, cheapest first (after [`Registry::admit_upload`], which
+    /// the upload route calls before it reads the body): the tenant's
+    /// component quota, the binary's declared costs (while
     /// parsing), then compilation and a test instantiation on the rule
     /// pool (as the tenant's administrative work).
     pub async fn upload(
         &self,
         tenant: &str,
-        author: &str,
         bytes: Vec<u8>,
     ) -> Result<(String, usize), RegistryError> {
-        if self
-            .author_uploads
-            .check_key(&format!("{tenant}/{author}"))
-            .is_err()
-            || self.tenant_uploads.check_key(&tenant.to_owned()).is_err()
-        {
-            return Err(RegistryError::RateLimited);
-        }
         let size = bytes.len();
         let sha = super::host::sha256_hex(&bytes);
         let owner = format!("{tenant}/{sha}");
@@ -429,6 +421,20 @@ impl Registry {
                 .await?;
         }
         Ok((sha, size))
+    }
+
+    /// Counts an upload by `author` of `tenant` against their rates;
+    /// refuses it when either is spent.
+    pub fn admit_upload(&self, tenant: &str, author: &str) -> Result<(), RegistryError> {
+        if self
+            .author_uploads
+            .check_key(&format!("{tenant}/{author}"))
+            .is_err()
+            || self.tenant_uploads.check_key(&tenant.to_owned()).is_err()
+        {
+            return Err(RegistryError::RateLimited);
+        }
+        Ok(())
     }
 
     /// A compiled component that `tenant` uploaded.

@@ -1,5 +1,5 @@
 //! Hostile rule: its errors are enormous and forge log lines.
-//! `check-config` refuses every config but `ok` with a 30 MB message;
+//! `check-config` refuses every config but `ok` with a 20 MB message;
 //! `evaluate` fails with an 8 MB message. Both start with a newline and an ANSI escape.
 //! The host must copy only a bounded, escaped prefix of either.
 
@@ -21,7 +21,7 @@ impl Guest for Rule {
         if config == "ok" {
             return Ok(());
         }
-        Err(RuleError::InvalidConfig(huge(30_000_000)))
+        Err(RuleError::InvalidConfig(huge(20_000_000)))
     }
 
     fn evaluate(_config: String, _input: Cart) -> Result<Outcome, RuleError> {
