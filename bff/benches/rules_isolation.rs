@@ -8,7 +8,7 @@
 //!    a spin-to-deadline rule (1000 ms limit, fail-closed so it is never
 //!    quarantined) under 20 concurrent quotes.
 //! 2. Peak resident memory during a burst of 150 concurrent `publishRule`
-//!    calls whose `check-config` grows to 64 MiB and spins to its deadline.
+//!    calls whose `check-config` grows to 48 MiB and spins to its deadline.
 //! 3. Time to refuse a 700,000-function core module at upload.
 //!
 //! The app runs in this process (the figures include the load generator).
@@ -366,7 +366,7 @@ async fn run() {
                 .graphql(
                     Some(&token),
                     "mutation($i: PublishRuleInput!) { publishRule(input: $i) { status } }",
-                    json!({ "i": { "name": format!("hog-{n}"), "component": sha, "config": "64",
+                    json!({ "i": { "name": format!("hog-{n}"), "component": sha, "config": "48",
                         "stage": "ORDER", "activate": true,
                         "limits": { "fuel": 1_000_000_000u64, "memoryBytes": 64 << 20, "timeoutMs": 1000,
                             "maxInputBytes": 262144, "maxOutputBytes": 262144, "maxLogEntries": 64,
@@ -385,7 +385,7 @@ async fn run() {
     }
     let burst_secs = started.elapsed().as_secs_f64();
     let peak = status_kib("VmHWM:");
-    println!("\n## 150 concurrent publishes of a 64 MiB, spinning `check-config`\n");
+    println!("\n## 150 concurrent publishes of a `check-config` that grows to 48 MiB and spins\n");
     println!(
         "Resident before {} MiB, peak during the burst {} MiB; the burst took {burst_secs:.1} s; \
          outcomes: {outcomes:?}.",

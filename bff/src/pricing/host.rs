@@ -543,10 +543,8 @@ pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
                     return too(format!("more than {} functions", costs::MAX_FUNCTIONS));
                 }
             }
-            Payload::CodeSectionStart { count, .. } => {
-                if u64::from(count) > costs::MAX_FUNCTIONS {
-                    return too(format!("{count} function bodies"));
-                }
+            Payload::CodeSectionStart { count, .. } if u64::from(count) > costs::MAX_FUNCTIONS => {
+                return too(format!("{count} function bodies"));
             }
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len();

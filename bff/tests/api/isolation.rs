@@ -113,7 +113,7 @@ async fn a_burst_of_hostile_publishes_from_another_tenant_leaves_the_victim_inta
         before.clone(),
         attacking.clone(),
     ));
-    // 60 authors' publishes at once: each config check grows to 64 MiB and
+    // 60 authors' publishes at once: each config check grows to 48 MiB and
     // spins to the longest deadline.
     let mut publishes = Vec::new();
     for n in 0..60 {
@@ -124,7 +124,7 @@ async fn a_burst_of_hostile_publishes_from_another_tenant_leaves_the_victim_inta
             publish_as(
                 &app,
                 &token,
-                json!({ "name": format!("hog-{n}"), "component": sha, "config": "64",
+                json!({ "name": format!("hog-{n}"), "component": sha, "config": "48",
                         "stage": "ORDER", "activate": true,
                         "limits": limits(1_000_000_000, 64 << 20, 1000) }),
             )
