@@ -463,7 +463,11 @@ mod tests {
                 .await
             }));
         }
-        // While the hog's jobs are all blocked, another tenant's job runs.
+        // The hog holds its share (two threads), blocked...
+        while running.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // ...and another tenant's job still runs on the third.
         let other = pool.run("victim", Work::Price, || 42).await;
         assert_eq!(other, Ok(42));
         assert!(peak.load(Ordering::SeqCst) <= 2);
