@@ -1,8 +1,7 @@
 //! A rule that is not hostile but large: a 5 MiB static table puts its
 //! memory above the 4 MiB default at instantiation. Deployments may allow
-//! up to 64 MiB, so the upload must be accepted (and a deployment with
-//! the default limit fails with `OUT_OF_MEMORY`, not at upload). It
-//! proposes nothing.
+//! up to 64 MiB, so the upload must be accepted (it is test-instantiated
+//! with the largest limits). It proposes nothing.
 
 use promotion_sdk::{Cart, Guest, Outcome, RuleError};
 
