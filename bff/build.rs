@@ -23,6 +23,13 @@ const GUESTS: &[&str] = &[
     "hostile-invalid",
     "hostile-chatty",
     "hostile-wrong-world",
+    "hostile-config-hog",
+    "hostile-spin",
+    "hostile-log-flood",
+    "hostile-huge-text",
+    "hostile-flood",
+    "hostile-stack",
+    "hostile-big-static",
 ];
 
 fn main() {

@@ -189,6 +189,25 @@ pub struct RulesSettings {
     /// Serve the rule console at `/console/` (a static page; everything it
     /// does needs a rule-author or operator token).
     pub console: bool,
+    /// Threads of the rule evaluation pool, which runs every rule (quotes,
+    /// catalogue prices, config checks, uploads, dry runs); never more than
+    /// `pool_instances`. 0: the number of CPUs, at least 2.
+    pub pool_threads: usize,
+    /// Most pool threads one tenant may use at once. 0: all but a quarter
+    /// of them (so other tenants always have a thread).
+    pub tenant_share: usize,
+    /// Most rule jobs waiting on the node; more are refused as
+    /// `ENGINE_BUSY`.
+    pub queue_limit: usize,
+    /// Most rule jobs one tenant may have waiting.
+    pub tenant_queue_limit: usize,
+    /// Longest a rule job may wait for a thread before it is refused as
+    /// `ENGINE_BUSY`.
+    pub queue_wait_ms: u64,
+    /// Component uploads allowed per minute per rule author.
+    pub uploads_per_author_per_minute: u32,
+    /// Component uploads allowed per minute per tenant.
+    pub uploads_per_tenant_per_minute: u32,
 }
 
 impl Default for RulesSettings {
@@ -199,6 +218,13 @@ impl Default for RulesSettings {
             batch_budget_ms: 250,
             demo_deployments: true,
             console: true,
+            pool_threads: 0,
+            tenant_share: 0,
+            queue_limit: 512,
+            tenant_queue_limit: 128,
+            queue_wait_ms: 2_000,
+            uploads_per_author_per_minute: 30,
+            uploads_per_tenant_per_minute: 60,
         }
     }
 }

@@ -68,6 +68,15 @@ pub mod code {
     pub const WRONG_WORLD: &str = "WRONG_WORLD";
     /// The uploaded component is larger than allowed.
     pub const COMPONENT_TOO_LARGE: &str = "COMPONENT_TOO_LARGE";
+    /// The component is within the size limit but too costly to compile
+    /// (too many functions, locals, tables or too much memory declared).
+    pub const COMPONENT_TOO_COMPLEX: &str = "COMPONENT_TOO_COMPLEX";
+    /// The component traps while it is instantiated (in a start function
+    /// or an initialiser), so it can never run.
+    pub const RULE_START_TRAPPED: &str = "RULE_START_TRAPPED";
+    /// The rule engine has no room for this work right now (its queue or
+    /// this tenant's share of it is full); retry shortly.
+    pub const ENGINE_BUSY: &str = "ENGINE_BUSY";
     /// The rule refused the deployment's config.
     pub const INVALID_RULE_CONFIG: &str = "INVALID_RULE_CONFIG";
     /// Too many requests of this kind at once; retry shortly.

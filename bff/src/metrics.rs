@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -50,6 +51,20 @@ pub struct Metrics {
     graphql_requests: Family<RequestLabels, Counter>,
     rule_evaluations: Family<RuleLabels, Counter>,
     rule_fuel: Histogram,
+    rule_queue_depth: Gauge,
+    rule_pool_refused: Family<PoolLabels, Counter>,
+    rule_pool_wait: Family<PoolLabels, Histogram>,
+    rule_pool_run: Family<PoolLabels, Histogram>,
+}
+
+/// Labels of work in the rule evaluation pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The tenant the work is for.
+    pub tenant: String,
+    /// `price` (catalogue prices, quotes) or `admin` (uploads, config
+    /// checks, dry runs).
+    pub work: &'static str,
 }
 
 /// Labels of a rule evaluation.
@@ -109,8 +124,41 @@ impl Metrics {
             "Fuel used per promotion rule evaluation",
             rule_fuel.clone(),
         );
+        let rule_queue_depth = Gauge::default();
+        registry.register(
+            "rule_queue_depth",
+            "Rule work waiting for a thread of the evaluation pool",
+            rule_queue_depth.clone(),
+        );
+        let rule_pool_refused = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "rule_pool_refused",
+            "Rule work refused because the queue was full or it waited too long, by tenant",
+            rule_pool_refused.clone(),
+        );
+        let seconds = || {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
+        };
+        let rule_pool_wait = Family::<PoolLabels, Histogram>::new_with_constructor(seconds);
+        registry.register(
+            "rule_pool_wait_seconds",
+            "Time rule work waited for a thread of the evaluation pool, by tenant",
+            rule_pool_wait.clone(),
+        );
+        let rule_pool_run = Family::<PoolLabels, Histogram>::new_with_constructor(seconds);
+        registry.register(
+            "rule_pool_run_seconds",
+            "Time rule work ran on a thread of the evaluation pool, by tenant",
+            rule_pool_run.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
+            rule_queue_depth,
+            rule_pool_refused,
+            rule_pool_wait,
+            rule_pool_run,
             upstream_calls,
             upstream_seconds,
             graphql_requests,
@@ -164,6 +212,42 @@ impl Metrics {
             .get_or_create(&RuleLabels { outcome })
             .inc();
         self.rule_fuel.observe(fuel as f64);
+    }
+
+    /// Sets the number of jobs waiting in the rule evaluation pool.
+    pub fn rule_queue_depth(&self, depth: usize) {
+        self.rule_queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts rule work refused by the evaluation pool.
+    pub fn rule_pool_refused(&self, tenant: &str, work: &'static str) {
+        self.rule_pool_refused
+            .get_or_create(&PoolLabels {
+                tenant: tenant.to_owned(),
+                work,
+            })
+            .inc();
+    }
+
+    /// Records how long rule work waited for a pool thread.
+    pub fn rule_pool_wait(&self, tenant: &str, work: &'static str, waited: Duration) {
+        self.rule_pool_wait
+            .get_or_create(&PoolLabels {
+                tenant: tenant.to_owned(),
+                work,
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records how long rule work ran on a pool thread.
+    pub fn rule_pool_run(&self, tenant: &str, work: &'static str, ran: Duration) {
+        self.rule_pool_run
+            .get_or_create(&PoolLabels {
+                tenant: tenant.to_owned(),
+                work,
+            })
+            .observe(ran.as_secs_f64());
     }
 
     /// Records one GraphQL response.

@@ -22,7 +22,8 @@ use crate::graphql::{BffSchema, DocumentCache, build_schema};
 use crate::metrics::Metrics;
 use crate::pricing::Pricing;
 use crate::pricing::host::{PoolSize, RuleHost};
-use crate::pricing::registry::Registry;
+use crate::pricing::pool::{PoolConfig, RulePool};
+use crate::pricing::registry::{Registry, UploadRates};
 use crate::store::SharedStore;
 use crate::upstream::{BaseUrls, Upstreams};
 
@@ -148,10 +149,16 @@ impl Application {
         let host = RuleHost::shared(PoolSize {
             instances: settings.rules.pool_instances,
         })?;
+        let pool = RulePool::start(PoolConfig::from_settings(&settings.rules), metrics.clone())?;
         let registry = Registry::new(
             store.clone(),
             host,
+            pool,
             settings.rules.quarantine_after,
+            UploadRates {
+                per_author: settings.rules.uploads_per_author_per_minute,
+                per_tenant: settings.rules.uploads_per_tenant_per_minute,
+            },
             metrics.clone(),
         );
         registry.start().await?;

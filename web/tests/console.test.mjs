@@ -288,18 +288,18 @@ test('the rule console lists, toggles, dry-runs, uploads, publishes, rolls back 
     step = 'see crashy quarantined after its 5th failure';
     await refreshUntil(`${row('crashy')}[data-status=QUARANTINED]`, QUARANTINE_WITHIN_MS, 'crashy quarantined');
     assert.equal(await cell('crashy', 'status').innerText(), 'quarantined');
-    assert.match(await cell('crashy', 'quarantine-reason').innerText(), /TRAP/);
+    assert.match(await cell('crashy', 'quarantine-reason').innerText(), /PANIC/);
     assert.equal(await cell('crashy', 'failures').getAttribute('data-value'), '5', 'one failure per quote, none after the quarantine');
     assert.equal(await cell('crashy', 'failures').innerText(), '5');
-    assert.equal(await cell('crashy', 'last-failure').innerText(), 'TRAP');
+    assert.equal(await cell('crashy', 'last-failure').innerText(), 'PANIC');
     assert.equal(await cell('crashy', 'active-version').innerText(), 'v1');
     // The detail says so too, and how to clear it.
     await page.click(`${row('crashy')} [data-testid=open-detail]`);
     await page.locator('[data-testid=detail][data-name="crashy"]').waitFor();
     await page.locator('[data-testid=detail-quarantine]').waitFor();
-    assert.match(await page.locator('[data-testid=detail-quarantine]').innerText(), /TRAP/);
+    assert.match(await page.locator('[data-testid=detail-quarantine]').innerText(), /PANIC/);
     assert.match(await page.locator('[data-testid=stat-failures]').innerText(), /^5 \(5 in a row\)$/);
-    assert.match(await page.locator('[data-testid=stat-last-failure]').innerText(), /^TRAP/);
+    assert.match(await page.locator('[data-testid=stat-last-failure]').innerText(), /^PANIC/);
 
     step = 'activate crashy again (clears the quarantine)';
     await page.click(`${row('crashy')} [data-testid=activate]`);

@@ -543,7 +543,12 @@ impl<'a> Walk<'a> {
                         } else {
                             None
                         };
-                        self.object(map, concrete.as_deref().unwrap_or(name.as_str()), sets, path)
+                        self.object(
+                            map,
+                            concrete.as_deref().unwrap_or(name.as_str()),
+                            sets,
+                            path,
+                        )
                     }
                     _ => Ok(()),
                 }

@@ -220,12 +220,12 @@ async fn upload_component(
         Ok(p) => p,
         Err(resp) => return unread(*resp),
     };
-    let tenant = match principal {
+    let (tenant, author) = match principal {
         crate::auth::Principal::Staff {
             tenant,
             role: Role::RuleAuthor,
-            ..
-        } => tenant,
+            subject,
+        } => (tenant, subject),
         crate::auth::Principal::Anonymous { .. } => {
             return unread(coded_response(
                 StatusCode::UNAUTHORIZED,
@@ -241,6 +241,18 @@ async fn upload_component(
             ));
         }
     };
+    // The rates are counted before the body is read.
+    if let Err(e) = app
+        .pricing()
+        .registry()
+        .admit_upload(tenant.as_str(), &author)
+    {
+        return unread(coded_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            e.code(),
+            &e.to_string(),
+        ));
+    }
     // The body is read only once the token is known to be a rule author's.
     let limit = crate::pricing::host::MAX_COMPONENT_BYTES;
     let body = match axum::body::to_bytes(body, limit).await {
@@ -278,6 +290,9 @@ async fn upload_component(
                 code::INTERNAL_SERVER_ERROR,
                 "the rule registry is unavailable",
             )
+        }
+        Err(e @ crate::pricing::registry::RegistryError::Busy) => {
+            coded_response(StatusCode::TOO_MANY_REQUESTS, e.code(), &e.to_string())
         }
         Err(e) => coded_response(StatusCode::UNPROCESSABLE_ENTITY, e.code(), &e.to_string()),
     }

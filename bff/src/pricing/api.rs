@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::Utc;
 
-use super::engine::{self, ActiveRule, Applied, Priced};
+use super::engine::{ActiveRule, Applied, Priced};
 use super::host::{LogLevel, wit};
 use super::model::{
     Channel, Deployment, DeploymentStatus, FailurePolicy, Limits, Scope, Stage, Version,
@@ -150,6 +150,12 @@ pub struct Quote {
     pub applied_detail: Vec<OrderPromotion>,
     /// Hints ("spend ¥20.00 more for ¥30.00 off").
     pub hints: Vec<PromotionHint>,
+    /// Whether a promotion rule was skipped while pricing this cart (see
+    /// `skippedRules`): the amounts may change when it runs again. Show
+    /// them as provisional; checkout refuses to charge a degraded quote.
+    pub degraded: bool,
+    /// The rules skipped, with why.
+    pub skipped_rules: Vec<super::model::SkippedRule>,
 }
 
 fn order_promotion(quote_id: &str, a: &Applied) -> OrderPromotion {
@@ -822,7 +828,7 @@ async fn test_rule(
         revision: 0,
     };
     super::registry::validate_limits(&rule.version.limits).map_err(ApiError::from)?;
-    let mut cart = sample_cart(&tenant, &input.cart)?;
+    let cart = sample_cart(&tenant, &input.cart)?;
     // Dry runs may use large limits: a few at a time per node, so they never
     // crowd out the pool that prices real carts.
     static DRY_RUNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DRY_RUNS_AT_ONCE);
@@ -834,15 +840,17 @@ async fn test_rule(
             code: crate::error::code::RATE_LIMITED,
             message: "too many dry runs at once; retry shortly".into(),
         })?;
-    let host_registry = registry.clone();
-    let run = tokio::task::spawn_blocking(move || {
-        engine::dry_run(host_registry.host(), &rule, &mut cart)
-    })
-    .await
-    .map_err(|_| ApiError::Coded {
-        code: crate::error::code::INTERNAL_SERVER_ERROR,
-        message: "the dry run could not be completed".into(),
-    })?;
+    let run = req
+        .pricing
+        .dry_run(&tenant, rule, cart)
+        .await
+        .map_err(|e| ApiError::Coded {
+            code: match e {
+                super::pool::PoolError::Busy => crate::error::code::ENGINE_BUSY,
+                super::pool::PoolError::Failed => crate::error::code::INTERNAL_SERVER_ERROR,
+            },
+            message: e.to_string(),
+        })?;
     let logs = run
         .logs
         .iter()
@@ -1187,6 +1195,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
     let priced = req
         .pricing
         .quote(&snapshot, &tenant, &request)
+        .await
         .map_err(|f| ApiError::RuleFailed { rule: f.rule_id })?;
 
     let quote_id = quote_digest(&priced, &products);
@@ -1224,6 +1233,8 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
             .collect(),
         hints: hints(&priced),
         id: ID(quote_id),
+        degraded: priced.degraded,
+        skipped_rules: super::model::SkippedRule::list(&priced.failures),
     })
 }
 
@@ -1270,6 +1281,9 @@ fn quote_digest(priced: &Priced, products: &[(Product, u32)]) -> String {
         hash.update(
             format!("{}|{}|{}|{:?};", h.rule_id, h.code, h.message, h.shortfall).as_bytes(),
         );
+    }
+    if priced.degraded {
+        hash.update(b"degraded");
     }
     format!("q_{}", &hex::encode(hash.finalize())[..24])
 }

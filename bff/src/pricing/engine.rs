@@ -6,8 +6,35 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::host::{CompiledRule, Evaluation, LogEntry, RuleHost, wit};
+use super::host::{CompiledRule, Evaluation, LogEntry, RuleHost, sanitize, wit};
 use super::model::{FailurePolicy, FailureReason, Stage, Version};
+
+/// What the host accepts from one rule and keeps for one batch. Every
+/// bound is applied before anything is copied into a price or a quote.
+pub mod caps {
+    /// Line discounts one rule may propose: two per line of the batch,
+    /// plus this many.
+    pub const LINE_DISCOUNTS_EXTRA: usize = 8;
+    /// Order discounts one rule may propose.
+    pub const ORDER_DISCOUNTS_PER_RULE: usize = 16;
+    /// Hints one rule may give.
+    pub const HINTS_PER_RULE: usize = 8;
+    /// Hints kept per batch (later ones are dropped).
+    pub const HINTS_PER_BATCH: usize = 16;
+    /// Applied entries (line and order discounts, points) per batch: a
+    /// rule whose proposal would exceed it is refused (`INVALID_OUTPUT`).
+    pub const APPLIED_PER_BATCH: usize = 1_000;
+    /// Largest hint shortfall (minor units): ¥100,000,000,000.
+    pub const MAX_SHORTFALL: i64 = 10_000_000_000_000;
+    /// Characters kept of a label.
+    pub const LABEL_CHARS: usize = 120;
+    /// Characters kept of a hint's message.
+    pub const HINT_MESSAGE_CHARS: usize = 300;
+    /// Characters kept of a hint's code.
+    pub const HINT_CODE_CHARS: usize = 64;
+    /// Characters kept of a failure's detail (stored, logged, shown).
+    pub const DETAIL_CHARS: usize = 300;
+}
 
 /// A deployment version ready to run.
 #[derive(Debug, Clone)]
@@ -106,6 +133,17 @@ pub struct Priced {
     pub hints: Vec<Hint>,
     /// Rules that failed and were skipped.
     pub failures: Vec<Failure>,
+    /// Whether a rule in scope was skipped (see `failures` for which and
+    /// why): the price was computed without every rule the shop set up.
+    /// Show it as provisional; checkout must refuse to charge it.
+    pub degraded: bool,
+}
+
+impl Priced {
+    /// The rules skipped, as `(rule id, failure code)`.
+    pub fn skipped(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.failures.iter().map(|f| (f.rule_id.as_str(), f.code))
+    }
 }
 
 /// A rule with fail-closed policy failed: the batch cannot be priced.
@@ -136,6 +174,8 @@ pub struct Referee<'a> {
 }
 
 struct State {
+    applied: usize,
+    hints: usize,
     line_payable: Vec<i64>,
     order_discount: i64,
     points_used: i64,
@@ -178,8 +218,30 @@ impl Referee<'_> {
     /// Prices `cart` with `rules` (already filtered to the batch's scope).
     /// Catalogue batches run only item-stage rules.
     pub fn price(&self, rules: &[ActiveRule], cart: &mut wit::Cart) -> Result<Priced, RuleFailed> {
+        let host = self.host;
+        self.price_with(rules, cart, &mut |rule, cart| {
+            host.evaluate(
+                &rule.compiled,
+                &rule.version.limits,
+                &rule.version.config,
+                cart,
+            )
+        })
+    }
+
+    /// Like [`Referee::price`], with `evaluate` standing in for the host
+    /// (a dry run's one evaluation, or a failure for every rule when the
+    /// node had no room to run them).
+    pub fn price_with(
+        &self,
+        rules: &[ActiveRule],
+        cart: &mut wit::Cart,
+        evaluate: &mut dyn FnMut(&ActiveRule, &wit::Cart) -> Evaluation,
+    ) -> Result<Priced, RuleFailed> {
         let catalog = matches!(cart.kind, wit::BatchKind::Catalog);
         let mut state = State {
+            applied: 0,
+            hints: 0,
             line_payable: cart
                 .lines
                 .iter()
@@ -253,8 +315,13 @@ impl Referee<'_> {
             for member in &members {
                 done.insert(member.name.as_str());
                 let over_budget = started.elapsed() > self.budget;
+                let evaluation = if over_budget {
+                    Evaluation::skipped(FailureReason::BudgetExhausted)
+                } else {
+                    evaluate(member, cart)
+                };
                 if let Some(p) =
-                    self.run_one(member, cart, &state, &index, over_budget, &mut priced)?
+                    self.run_one(member, evaluation, cart, &state, &index, &mut priced)?
                 {
                     proposals.push((*member, p));
                 }
@@ -274,35 +341,20 @@ impl Referee<'_> {
         priced.points_amount = state.points_amount;
         priced.payable = state.payable().max(0);
         priced.discount = priced.subtotal - priced.payable - state.points_amount;
+        priced.degraded = !priced.failures.is_empty();
         Ok(priced)
     }
 
     fn run_one(
         &self,
         rule: &ActiveRule,
+        evaluation: Evaluation,
         cart: &wit::Cart,
         state: &State,
         index: &HashMap<String, usize>,
-        over_budget: bool,
         priced: &mut Priced,
     ) -> Result<Option<Proposal>, RuleFailed> {
         let catalog = matches!(cart.kind, wit::BatchKind::Catalog);
-        let evaluation = if over_budget {
-            Evaluation {
-                result: Err(FailureReason::BudgetExhausted),
-                fuel_used: 0,
-                elapsed: Duration::ZERO,
-                logs: Vec::new(),
-                logs_dropped: 0,
-            }
-        } else {
-            self.host.evaluate(
-                &rule.compiled,
-                &rule.version.limits,
-                &rule.version.config,
-                cart,
-            )
-        };
         let checked = match &evaluation.result {
             Ok(Ok(outcome)) => validate(rule, outcome, cart, state, index, catalog),
             Ok(Err(error)) => Err(FailureReason::RuleError(rule_error_text(error))),
@@ -315,10 +367,11 @@ impl Referee<'_> {
             }
             Err(reason) => {
                 self.observer.observed(rule, &evaluation, Some(&reason));
+                let detail = sanitize(&reason.detail(), caps::DETAIL_CHARS);
                 tracing::warn!(
                     rule = %rule.rule_id(),
                     code = reason.code(),
-                    detail = %reason.detail(),
+                    %detail,
                     "promotion rule failed"
                 );
                 if rule.version.failure_policy == FailurePolicy::FailClosed {
@@ -331,7 +384,7 @@ impl Referee<'_> {
                     name: rule.name.clone(),
                     rule_id: rule.rule_id(),
                     code: reason.code(),
-                    detail: reason.detail(),
+                    detail,
                 });
                 Ok(None)
             }
@@ -339,12 +392,13 @@ impl Referee<'_> {
     }
 }
 
-/// Text of a rule's own error.
+/// Text of a rule's own error, bounded and safe to log.
 pub fn rule_error_text(error: &wit::RuleError) -> String {
-    match error {
+    let text = match error {
         wit::RuleError::InvalidConfig(m) => format!("invalid config: {m}"),
         wit::RuleError::Failed(m) => m.clone(),
-    }
+    };
+    sanitize(&text, caps::DETAIL_CHARS)
 }
 
 fn sync_cart(cart: &mut wit::Cart, state: &State) {
@@ -371,6 +425,38 @@ fn validate(
     if !outcome.line_discounts.is_empty() && stage == Stage::Points {
         return invalid("a points-stage rule proposed line discounts".into());
     }
+    let line_cap = cart.lines.len() * 2 + caps::LINE_DISCOUNTS_EXTRA;
+    if outcome.line_discounts.len() > line_cap {
+        return invalid(format!(
+            "{} line discounts; at most {line_cap} for this batch",
+            outcome.line_discounts.len()
+        ));
+    }
+    if outcome.order_discounts.len() > caps::ORDER_DISCOUNTS_PER_RULE {
+        return invalid(format!(
+            "{} order discounts; at most {}",
+            outcome.order_discounts.len(),
+            caps::ORDER_DISCOUNTS_PER_RULE
+        ));
+    }
+    if !catalog && outcome.hints.len() > caps::HINTS_PER_RULE {
+        return invalid(format!(
+            "{} hints; at most {}",
+            outcome.hints.len(),
+            caps::HINTS_PER_RULE
+        ));
+    }
+    if let Some(h) = outcome
+        .hints
+        .iter()
+        .find(|h| h.shortfall.is_some_and(|s| s > caps::MAX_SHORTFALL))
+    {
+        return invalid(format!(
+            "hint shortfall {} is above the largest amount {}",
+            h.shortfall.unwrap_or_default(),
+            caps::MAX_SHORTFALL
+        ));
+    }
     for d in &outcome.line_discounts {
         let Some(&i) = index.get(&d.line_id) else {
             return invalid(format!(
@@ -381,7 +467,8 @@ fn validate(
         if d.amount < 0 {
             return invalid(format!(
                 "negative discount {} on line {:?}",
-                d.amount, d.line_id
+                d.amount,
+                truncate(&d.line_id)
             ));
         }
         if d.amount == 0 {
@@ -392,7 +479,9 @@ fn validate(
         if *total > state.line_payable[i] {
             return invalid(format!(
                 "discounts of {} on line {:?} exceed its payable {}",
-                total, d.line_id, state.line_payable[i]
+                total,
+                truncate(&d.line_id),
+                state.line_payable[i]
             ));
         }
         lines.push((i, d.amount, label(&d.label, &rule.name)));
@@ -505,6 +594,15 @@ fn validate(
         },
     };
     cap(&mut proposal, rule.version.limits.max_discount);
+    let entries =
+        proposal.lines.len() + proposal.order.len() + usize::from(proposal.points.is_some());
+    if state.applied + entries > caps::APPLIED_PER_BATCH {
+        return invalid(format!(
+            "the batch already has {} applied entries; {entries} more exceed the limit of {}",
+            state.applied,
+            caps::APPLIED_PER_BATCH
+        ));
+    }
     Ok(proposal)
 }
 
@@ -604,6 +702,8 @@ fn apply(
     catalog: bool,
 ) {
     let rule_id = rule.rule_id();
+    state.applied +=
+        proposal.lines.len() + proposal.order.len() + usize::from(proposal.points.is_some());
     for (i, amount, label) in proposal.lines {
         let amount = amount.min(state.line_payable[i]);
         if amount <= 0 {
@@ -659,10 +759,14 @@ fn apply(
         }
     }
     for hint in proposal.hints {
+        if state.hints >= caps::HINTS_PER_BATCH {
+            break;
+        }
+        state.hints += 1;
         priced.hints.push(Hint {
             rule_id: rule_id.clone(),
-            code: truncate(&hint.code),
-            message: hint.message.chars().take(300).collect(),
+            code: sanitize(&hint.code, caps::HINT_CODE_CHARS),
+            message: sanitize(&hint.message, caps::HINT_MESSAGE_CHARS),
             shortfall: hint.shortfall.filter(|s| *s > 0),
         });
     }
@@ -673,7 +777,7 @@ fn label(label: &str, fallback: &str) -> String {
     if label.is_empty() {
         fallback.to_owned()
     } else {
-        label.chars().take(120).collect()
+        sanitize(label, caps::LABEL_CHARS)
     }
 }
 
@@ -708,7 +812,8 @@ pub struct DryRun {
     pub logs_dropped: u32,
 }
 
-/// Runs one rule alone against a cart without recording anything.
+/// Runs one rule alone against a cart without recording anything. The
+/// rule is evaluated once; its outcome is then refereed as a quote would.
 pub fn dry_run(host: &RuleHost, rule: &ActiveRule, cart: &mut wit::Cart) -> DryRun {
     struct Quiet;
     impl Observer for Quiet {
@@ -724,9 +829,9 @@ pub fn dry_run(host: &RuleHost, rule: &ActiveRule, cart: &mut wit::Cart) -> DryR
         name: rule.name.clone(),
         rule_id: rule.rule_id(),
         code: reason.code(),
-        detail: reason.detail(),
+        detail: sanitize(&reason.detail(), caps::DETAIL_CHARS),
     };
-    let (result, priced) = match evaluation.result {
+    let (result, priced) = match &evaluation.result {
         Ok(Ok(outcome)) => {
             let mut solo = rule.clone();
             let mut version = (*solo.version).clone();
@@ -737,17 +842,33 @@ pub fn dry_run(host: &RuleHost, rule: &ActiveRule, cart: &mut wit::Cart) -> DryR
                 observer: &Quiet,
                 budget: Duration::from_secs(5),
             };
-            let priced = referee.price(std::slice::from_ref(&solo), cart).ok();
+            let mut once = Some(outcome.clone());
+            let priced = referee
+                .price_with(
+                    std::slice::from_ref(&solo),
+                    cart,
+                    &mut |_, _| match once.take() {
+                        Some(outcome) => Evaluation {
+                            result: Ok(Ok(outcome)),
+                            fuel_used: 0,
+                            elapsed: Duration::ZERO,
+                            logs: Vec::new(),
+                            logs_dropped: 0,
+                        },
+                        None => Evaluation::skipped(FailureReason::BudgetExhausted),
+                    },
+                )
+                .ok();
             match priced.as_ref().and_then(|p| p.failures.first()) {
                 Some(f) => (Err(f.clone()), None),
-                None => (Ok(outcome), priced),
+                None => (Ok(outcome.clone()), priced),
             }
         }
         Ok(Err(error)) => (
-            Err(failure(FailureReason::RuleError(rule_error_text(&error)))),
+            Err(failure(FailureReason::RuleError(rule_error_text(error)))),
             None,
         ),
-        Err(reason) => (Err(failure(reason)), None),
+        Err(reason) => (Err(failure(reason.clone())), None),
     };
     DryRun {
         result,

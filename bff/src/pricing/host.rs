@@ -1,6 +1,8 @@
 //! The WebAssembly host: compiles rule components once, pre-links them, and runs
 //! each evaluation in a fresh store from the pooling allocator, under a fuel
-//! budget, a wall-clock deadline (epoch interruption) and a memory cap.
+//! budget, a time limit in the rule's own CPU time (checked on every epoch
+//! tick) and a memory cap. Everything the host copies out of a guest is
+//! bounded before it is copied.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -8,10 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap,
+    ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline,
 };
 
 use super::model::{FailureReason, Limits};
@@ -66,6 +68,88 @@ mod output {
                 wasmtime::bail!(OVER_BUDGET)
             }
         })
+    }
+
+    /// Longest text kept of a rule's error message or log entry; the rest
+    /// is never copied out of the guest.
+    pub const TEXT_BYTES: usize = 512;
+
+    /// A string of the guest of which only the first [`TEXT_BYTES`] bytes
+    /// are copied (whatever its length), cut at a character boundary.
+    pub struct BoundedText {
+        /// The kept prefix.
+        pub text: String,
+        /// Whether the guest's string was longer.
+        pub truncated: bool,
+    }
+
+    // SAFETY: the same canonical-ABI shape as `str`.
+    unsafe impl ComponentType for BoundedText {
+        type Lower = <str as ComponentType>::Lower;
+        const ABI: CanonicalAbiInfo = <str as ComponentType>::ABI;
+
+        fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+            <str as ComponentType>::typecheck(ty, types)
+        }
+    }
+
+    impl BoundedText {
+        fn read(cx: &LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::Result<Self> {
+            let memory = cx.memory();
+            let (ptr, len) = (ptr as usize, len as usize);
+            if ptr.checked_add(len).is_none_or(|end| end > memory.len()) {
+                wasmtime::bail!("string pointer or length out of bounds");
+            }
+            let take = len.min(TEXT_BYTES);
+            let bytes = &memory[ptr..ptr + take];
+            let text = match std::str::from_utf8(bytes) {
+                Ok(t) => t.to_owned(),
+                // Cut inside a character by the bound: keep what precedes it.
+                Err(e) if e.error_len().is_none() => {
+                    String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+                }
+                Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+            };
+            Ok(BoundedText {
+                text,
+                truncated: len > take,
+            })
+        }
+
+        /// The text with a mark when it was cut.
+        pub fn into_string(self) -> String {
+            if self.truncated {
+                format!("{}…", self.text)
+            } else {
+                self.text
+            }
+        }
+    }
+
+    // SAFETY: reads at most `TEXT_BYTES` bytes of the guest's memory, after
+    // checking the whole string lies inside it (as the canonical ABI does).
+    unsafe impl Lift for BoundedText {
+        fn linear_lift_from_flat(
+            cx: &mut LiftContext<'_>,
+            _ty: InterfaceType,
+            src: &Self::Lower,
+        ) -> wasmtime::Result<Self> {
+            let raw: &[ValRaw; 2] = src;
+            BoundedText::read(cx, raw[0].get_u32(), raw[1].get_u32())
+        }
+
+        fn linear_lift_from_memory(
+            cx: &mut LiftContext<'_>,
+            _ty: InterfaceType,
+            bytes: &[u8],
+        ) -> wasmtime::Result<Self> {
+            let word = |at: usize| {
+                bytes
+                    .get(at..at + 4)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            BoundedText::read(cx, word(0), word(4))
+        }
     }
 
     /// A string of the rule's output.
@@ -156,18 +240,23 @@ mod output {
         hints: Vec<Hint>,
     }
 
+    /// A rule's error; its message is bounded to [`TEXT_BYTES`] whatever
+    /// the rule returns.
     #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
     #[component(variant)]
     pub enum RuleError {
         #[component(name = "invalid-config")]
-        InvalidConfig(OutStr),
+        InvalidConfig(BoundedText),
         #[component(name = "failed")]
-        Failed(OutStr),
+        Failed(BoundedText),
     }
 
     /// `evaluate` as the host calls it.
     pub type Evaluate<'a> =
         wasmtime::component::TypedFunc<(&'a str, &'a wit::Cart), (Result<Outcome, RuleError>,)>;
+
+    /// `check-config` as the host calls it.
+    pub type CheckConfig<'a> = wasmtime::component::TypedFunc<(&'a str,), (Result<(), RuleError>,)>;
 
     impl From<Outcome> for wit::Outcome {
         fn from(o: Outcome) -> Self {
@@ -211,8 +300,8 @@ mod output {
     impl From<RuleError> for wit::RuleError {
         fn from(e: RuleError) -> Self {
             match e {
-                RuleError::InvalidConfig(m) => wit::RuleError::InvalidConfig(m.0),
-                RuleError::Failed(m) => wit::RuleError::Failed(m.0),
+                RuleError::InvalidConfig(m) => wit::RuleError::InvalidConfig(m.into_string()),
+                RuleError::Failed(m) => wit::RuleError::Failed(m.into_string()),
             }
         }
     }
@@ -220,12 +309,36 @@ mod output {
 
 /// Largest component or core module accepted at publish.
 pub const MAX_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
-/// Longest log message kept; longer ones are truncated.
-const LOG_MESSAGE_BYTES: usize = 512;
 /// Largest memory a deployment may ask for.
 pub const MAX_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
-/// How often the wall-clock backstop ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// How often the time limit is checked.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Fuel one call of the `log` import costs (the host's work is not
+/// metered by instructions).
+const LOG_CALL_FUEL: u64 = 200;
+
+/// What an upload may declare, checked while parsing, before anything is
+/// compiled: compile time and memory grow with these, not with the size
+/// of the binary alone.
+pub mod costs {
+    /// Functions defined in all the modules of a component together.
+    pub const MAX_FUNCTIONS: u64 = 20_000;
+    /// Bytes of one function's body.
+    pub const MAX_FUNCTION_BYTES: u32 = 512 * 1024;
+    /// Locals of one function.
+    pub const MAX_LOCALS: u64 = 10_000;
+    /// Elements a table may start with.
+    pub const MAX_TABLE_ELEMENTS: u64 = 20_000;
+    /// Tables declared in all modules together.
+    pub const MAX_TABLES: u64 = 16;
+    /// Memories declared in all modules together.
+    pub const MAX_MEMORIES: u64 = 8;
+    /// Entries of any other section (types, imports, exports, globals,
+    /// element and data segments).
+    pub const MAX_ENTRIES: u64 = 20_000;
+    /// Core modules and components nested in a component.
+    pub const MAX_NESTED: u64 = 64;
+}
 
 /// One log entry a rule wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +349,74 @@ pub struct LogEntry {
     pub message: String,
 }
 
+/// The time limit of one evaluation: the rule's own CPU time, with a
+/// wall-clock backstop for a node that cannot give it the CPU.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    timeout: Duration,
+    backstop: Duration,
+    wall_start: Instant,
+    cpu_start: Option<Duration>,
+}
+
+/// Why the clock stopped an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// The rule used its CPU time.
+    Rule,
+    /// The node did not run the rule for far longer than its limit.
+    Host,
+}
+
+impl Clock {
+    fn start(timeout_ms: u64) -> Self {
+        let timeout = Duration::from_millis(timeout_ms.max(1));
+        Clock {
+            timeout,
+            backstop: timeout * 4 + Duration::from_millis(50),
+            wall_start: Instant::now(),
+            cpu_start: thread_cpu_time(),
+        }
+    }
+
+    fn check(&self) -> Option<Stopped> {
+        let wall = self.wall_start.elapsed();
+        let cpu = match (self.cpu_start, thread_cpu_time()) {
+            (Some(start), Some(now)) => now.saturating_sub(start),
+            _ => wall,
+        };
+        if cpu >= self.timeout {
+            Some(Stopped::Rule)
+        } else if wall >= self.backstop {
+            Some(Stopped::Host)
+        } else {
+            None
+        }
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a
+        // constant the platform defines.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        if rc == 0 {
+            return Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Per-evaluation state inside a store.
 struct Sandbox {
     memory_cap: usize,
@@ -243,6 +424,8 @@ struct Sandbox {
     logs: Vec<LogEntry>,
     max_logs: usize,
     logs_dropped: u32,
+    clock: Clock,
+    stopped: Option<Stopped>,
 }
 
 impl Sandbox {
@@ -253,7 +436,21 @@ impl Sandbox {
             logs: Vec::new(),
             max_logs: limits.max_log_entries as usize,
             logs_dropped: 0,
+            clock: Clock::start(limits.timeout_ms),
+            stopped: None,
         }
+    }
+
+    fn log(&mut self, level: LogLevel, message: output::BoundedText) {
+        if self.logs.len() >= self.max_logs {
+            self.logs_dropped = self.logs_dropped.saturating_add(1);
+            return;
+        }
+        // Escaped here: an entry may reach the node's own log lines.
+        self.logs.push(LogEntry {
+            level,
+            message: sanitize(&message.into_string(), output::TEXT_BYTES),
+        });
     }
 }
 
@@ -277,25 +474,7 @@ impl ResourceLimiter for Sandbox {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
-impl mall::promotion::log::Host for Sandbox {
-    fn write(&mut self, level: LogLevel, mut message: String) {
-        if self.logs.len() >= self.max_logs {
-            self.logs_dropped = self.logs_dropped.saturating_add(1);
-            return;
-        }
-        if message.len() > LOG_MESSAGE_BYTES {
-            let mut end = LOG_MESSAGE_BYTES;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push('…');
-        }
-        self.logs.push(LogEntry { level, message });
+        Ok(desired <= costs::MAX_TABLE_ELEMENTS as usize)
     }
 }
 
@@ -313,6 +492,15 @@ pub enum CompileError {
     /// Larger than the host accepts.
     #[error("the component is {0} bytes; the limit is {MAX_COMPONENT_BYTES}")]
     TooLarge(usize),
+    /// Declares more than the host compiles (refused before compiling).
+    #[error("the component is too costly to compile: {0}")]
+    TooComplex(String),
+    /// Traps while it is instantiated, so it can never run.
+    #[error("the component traps when it is instantiated ({0})")]
+    StartTrapped(&'static str),
+    /// The node had no room to test the component; retry.
+    #[error("the rule engine is busy; retry shortly")]
+    Busy,
 }
 
 impl CompileError {
@@ -322,8 +510,105 @@ impl CompileError {
             CompileError::Malformed(_) => crate::error::code::INVALID_COMPONENT,
             CompileError::WrongWorld(_) => crate::error::code::WRONG_WORLD,
             CompileError::TooLarge(_) => crate::error::code::COMPONENT_TOO_LARGE,
+            CompileError::TooComplex(_) => crate::error::code::COMPONENT_TOO_COMPLEX,
+            CompileError::StartTrapped(_) => crate::error::code::RULE_START_TRAPPED,
+            CompileError::Busy => crate::error::code::ENGINE_BUSY,
         }
     }
+}
+
+/// Refuses, while parsing and before anything is compiled, a binary that
+/// declares more than [`costs`] allows. Costs microseconds per kilobyte.
+pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
+    use wasmparser::{Parser, Payload};
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        return Err(CompileError::TooLarge(bytes.len()));
+    }
+    let too = |what: String| Err(CompileError::TooComplex(what));
+    let malformed =
+        |e: wasmparser::BinaryReaderError| CompileError::Malformed(first_line(&e.to_string()));
+    let entries = |what: &str, n: u32| {
+        if u64::from(n) > costs::MAX_ENTRIES {
+            too(format!("{n} {what}; the limit is {}", costs::MAX_ENTRIES))
+        } else {
+            Ok(())
+        }
+    };
+    let (mut functions, mut tables, mut memories, mut nested) = (0u64, 0u64, 0u64, 0u64);
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(malformed)? {
+            Payload::FunctionSection(r) => {
+                functions += u64::from(r.count());
+                if functions > costs::MAX_FUNCTIONS {
+                    return too(format!("more than {} functions", costs::MAX_FUNCTIONS));
+                }
+            }
+            Payload::CodeSectionStart { count, .. } if u64::from(count) > costs::MAX_FUNCTIONS => {
+                return too(format!("{count} function bodies"));
+            }
+            Payload::CodeSectionEntry(body) => {
+                let size = body.range().len();
+                if size > costs::MAX_FUNCTION_BYTES as usize {
+                    return too(format!(
+                        "a function body of {size} bytes; the limit is {}",
+                        costs::MAX_FUNCTION_BYTES
+                    ));
+                }
+                let mut locals = 0u64;
+                for local in body.get_locals_reader().map_err(malformed)? {
+                    let (count, _) = local.map_err(malformed)?;
+                    locals += u64::from(count);
+                    if locals > costs::MAX_LOCALS {
+                        return too(format!(
+                            "a function with more than {} locals",
+                            costs::MAX_LOCALS
+                        ));
+                    }
+                }
+            }
+            Payload::TableSection(r) => {
+                for table in r {
+                    let table = table.map_err(malformed)?;
+                    tables += 1;
+                    if table.ty.initial > costs::MAX_TABLE_ELEMENTS || tables > costs::MAX_TABLES {
+                        return too(format!(
+                            "tables beyond {} of {} elements",
+                            costs::MAX_TABLES,
+                            costs::MAX_TABLE_ELEMENTS
+                        ));
+                    }
+                }
+            }
+            Payload::MemorySection(r) => {
+                for memory in r {
+                    let memory = memory.map_err(malformed)?;
+                    memories += 1;
+                    let bytes = memory.initial.saturating_mul(1 << 16);
+                    if memory.memory64 || bytes > MAX_MEMORY_BYTES || memories > costs::MAX_MEMORIES
+                    {
+                        return too(format!(
+                            "memories beyond {} of {MAX_MEMORY_BYTES} bytes (32-bit)",
+                            costs::MAX_MEMORIES
+                        ));
+                    }
+                }
+            }
+            Payload::TypeSection(r) => entries("types", r.count())?,
+            Payload::ImportSection(r) => entries("imports", r.count())?,
+            Payload::ExportSection(r) => entries("exports", r.count())?,
+            Payload::GlobalSection(r) => entries("globals", r.count())?,
+            Payload::ElementSection(r) => entries("element segments", r.count())?,
+            Payload::DataSection(r) => entries("data segments", r.count())?,
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => {
+                nested += 1;
+                if nested > costs::MAX_NESTED {
+                    return too(format!("more than {} nested modules", costs::MAX_NESTED));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A rule compiled and linked, ready to instantiate many times.
@@ -334,6 +619,7 @@ pub struct CompiledRule {
     pub size: usize,
     pre: RulePre<Sandbox>,
     evaluate: ComponentExportIndex,
+    check_config: ComponentExportIndex,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -358,6 +644,19 @@ pub struct Evaluation {
     pub logs: Vec<LogEntry>,
     /// Log entries dropped over the bound.
     pub logs_dropped: u32,
+}
+
+impl Evaluation {
+    /// An evaluation that did not run, for `reason`.
+    pub fn skipped(reason: FailureReason) -> Self {
+        Evaluation {
+            result: Err(reason),
+            fuel_used: 0,
+            elapsed: Duration::ZERO,
+            logs: Vec::new(),
+            logs_dropped: 0,
+        }
+    }
 }
 
 /// The process-wide WebAssembly host: one engine, one linker.
@@ -394,6 +693,18 @@ pub struct PoolSize {
     pub instances: u32,
 }
 
+/// The largest limits any deployment may have: uploads are test-
+/// instantiated with these, so a rule that a deployment could run is never
+/// refused for needing more than the defaults.
+fn largest_limits() -> Limits {
+    Limits {
+        fuel: 1_000_000_000,
+        memory_bytes: MAX_MEMORY_BYTES,
+        timeout_ms: 1_000,
+        ..Limits::default()
+    }
+}
+
 impl RuleHost {
     /// The process's host, built on first use with `pool` (later calls
     /// share it: one engine, one linker, one cache of compiled rules per
@@ -418,6 +729,11 @@ impl RuleHost {
         Ok(compiled)
     }
 
+    /// Whether the bytes with this sha256 are compiled already.
+    pub fn is_compiled(&self, sha256: &str) -> bool {
+        self.compiled.contains_key(sha256)
+    }
+
     /// Builds the engine (pooling allocator, fuel, epochs) and the linker, and
     /// starts the epoch ticker.
     pub fn new(pool: PoolSize) -> anyhow::Result<Self> {
@@ -432,7 +748,7 @@ impl RuleHost {
             .max_memories_per_component(1)
             .max_tables_per_component(2)
             .max_memory_size(MAX_MEMORY_BYTES as usize)
-            .table_elements(20_000)
+            .table_elements(costs::MAX_TABLE_ELEMENTS as usize)
             // Between evaluations, reset only the pages a rule dirtied
             // (PAGEMAP_SCAN, Linux 6.7+) and keep them mapped: no page
             // faults on the next instantiation of the slot.
@@ -459,7 +775,21 @@ impl RuleHost {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
-        mall::promotion::log::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
+        // The log import by hand: the message is read in place and only its
+        // first bytes are copied, however long the rule made it.
+        linker
+            .root()
+            .instance("mall:promotion/log@1.0.0")?
+            .func_wrap(
+                "write",
+                |mut store: StoreContextMut<'_, Sandbox>,
+                 (level, message): (LogLevel, output::BoundedText)| {
+                    let fuel = store.get_fuel()?;
+                    store.set_fuel(fuel.saturating_sub(LOG_CALL_FUEL))?;
+                    store.data_mut().log(level, message);
+                    Ok(())
+                },
+            )?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -485,11 +815,11 @@ impl RuleHost {
 
     /// Compiles a component, or a core module carrying its component type
     /// (as `cargo build --target wasm32-unknown-unknown` produces with
-    /// wit-bindgen), and checks that it targets the rule world.
+    /// wit-bindgen), and checks that it targets the rule world and can be
+    /// instantiated with the largest limits a deployment may have. What is
+    /// too costly to compile is refused first ([`check_costs`]).
     pub fn compile(&self, bytes: &[u8]) -> Result<CompiledRule, CompileError> {
-        if bytes.len() > MAX_COMPONENT_BYTES {
-            return Err(CompileError::TooLarge(bytes.len()));
-        }
+        check_costs(bytes)?;
         let sha256 = sha256_hex(bytes);
         let component_bytes = if wasmparser::Parser::is_component(bytes) {
             std::borrow::Cow::Borrowed(bytes)
@@ -508,6 +838,7 @@ impl RuleHost {
                 CompileError::Malformed("the module's component-type section is corrupt".into())
             })?
             .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+            check_costs(&encoded)?;
             std::borrow::Cow::Owned(encoded)
         } else {
             return Err(CompileError::Malformed(
@@ -522,49 +853,65 @@ impl RuleHost {
             .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
         let pre = RulePre::new(instance_pre)
             .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
-        let evaluate = component
-            .get_export_index(None, "evaluate")
-            .ok_or_else(|| CompileError::WrongWorld("no `evaluate` export".into()))?;
+        let export = |name: &str| {
+            component
+                .get_export_index(None, name)
+                .ok_or_else(|| CompileError::WrongWorld(format!("no `{name}` export")))
+        };
+        let evaluate = export("evaluate")?;
+        let check_config = export("check-config")?;
         // The output types the host reads lazily must match the component's;
         // checked once here so evaluations can skip the check.
-        let mut store = Store::new(&self.engine, Sandbox::new(&Limits::default()));
-        store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store
-            .set_fuel(Limits::default().fuel)
-            .map_err(|e| CompileError::Malformed(first_line(&format!("{e:#}"))))?;
-        store.set_epoch_deadline(1_000);
-        let instance = pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+        let (mut store, _) = self.store(&largest_limits());
+        let instance =
+            pre.instance_pre()
+                .instantiate(&mut store)
+                .map_err(|e| match classify(&store, e) {
+                    FailureReason::EngineBusy | FailureReason::HostOverloaded => CompileError::Busy,
+                    reason => CompileError::StartTrapped(reason.code()),
+                })?;
         instance
             .get_typed_func::<(&str, &wit::Cart), (Result<output::Outcome, output::RuleError>,)>(
                 &mut store, &evaluate,
             )
+            .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
+        instance
+            .get_typed_func::<(&str,), (Result<(), output::RuleError>,)>(&mut store, &check_config)
             .map_err(|e| CompileError::WrongWorld(first_line(&format!("{e:#}"))))?;
         Ok(CompiledRule {
             sha256,
             size: bytes.len(),
             pre,
             evaluate,
+            check_config,
         })
     }
 
-    /// Runs `check-config` in a sandbox.
+    /// Runs `check-config` in a sandbox. The rule's message is bounded.
     pub fn check_config(
         &self,
         rule: &CompiledRule,
         limits: &Limits,
         config: &str,
     ) -> Result<Result<(), wit::RuleError>, FailureReason> {
-        let (mut store, _) = self.store(limits)?;
+        let (mut store, _) = self.store(limits);
         let instance = rule
             .pre
+            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| classify(&store, e))?;
-        instance
-            .call_check_config(&mut store, config)
-            .map_err(|e| classify(&store, e))
+        let func = instance
+            .get_func(&mut store, rule.check_config)
+            .ok_or(FailureReason::Instantiation)?;
+        // SAFETY: the signature was checked with `get_typed_func` when the
+        // rule was compiled.
+        let typed: output::CheckConfig<'_> =
+            unsafe { wasmtime::component::TypedFunc::new_unchecked(func) };
+        match typed.call(&mut store, (config,)) {
+            Ok((Ok(()),)) => Ok(Ok(())),
+            Ok((Err(error),)) => Ok(Err(error.into())),
+            Err(e) => Err(classify(&store, e)),
+        }
     }
 
     /// Instantiates the rule in a fresh store and evaluates one batch.
@@ -576,48 +923,37 @@ impl RuleHost {
         cart: &wit::Cart,
     ) -> Evaluation {
         let started = Instant::now();
-        let (mut store, fuel) = match self.store(limits) {
-            Ok(s) => s,
-            Err(reason) => {
-                return Evaluation {
-                    result: Err(reason),
-                    fuel_used: 0,
-                    elapsed: started.elapsed(),
-                    logs: Vec::new(),
-                    logs_dropped: 0,
-                };
-            }
-        };
+        let (mut store, fuel) = self.store(limits);
         let result = if input_size(cart) + config.len() > limits.max_input_bytes as usize {
             Err(FailureReason::InputTooLarge)
         } else {
             match rule.pre.instance_pre().instantiate(&mut store) {
-                Ok(instance) => {
-                    let func = instance
-                        .get_func(&mut store, rule.evaluate)
-                        .expect("checked at compile time");
-                    // SAFETY: the signature was checked with `get_typed_func`
-                    // when the rule was compiled.
-                    let typed: output::Evaluate<'_> =
-                        unsafe { wasmtime::component::TypedFunc::new_unchecked(func) };
-                    let (called, over) =
-                        output::with_budget(limits.max_output_bytes as usize, || {
-                            typed.call(&mut store, (config, cart))
-                        });
-                    match called {
-                        _ if over => Err(FailureReason::OutputTooLarge),
-                        Ok((Ok(outcome),)) => {
-                            let outcome = wit::Outcome::from(outcome);
-                            if output_size(&outcome) > limits.max_output_bytes as usize {
-                                Err(FailureReason::OutputTooLarge)
-                            } else {
-                                Ok(Ok(outcome))
+                Ok(instance) => match instance.get_func(&mut store, rule.evaluate) {
+                    Some(func) => {
+                        // SAFETY: the signature was checked with
+                        // `get_typed_func` when the rule was compiled.
+                        let typed: output::Evaluate<'_> =
+                            unsafe { wasmtime::component::TypedFunc::new_unchecked(func) };
+                        let (called, over) =
+                            output::with_budget(limits.max_output_bytes as usize, || {
+                                typed.call(&mut store, (config, cart))
+                            });
+                        match called {
+                            _ if over => Err(FailureReason::OutputTooLarge),
+                            Ok((Ok(outcome),)) => {
+                                let outcome = wit::Outcome::from(outcome);
+                                if output_size(&outcome) > limits.max_output_bytes as usize {
+                                    Err(FailureReason::OutputTooLarge)
+                                } else {
+                                    Ok(Ok(outcome))
+                                }
                             }
+                            Ok((Err(error),)) => Ok(Err(error.into())),
+                            Err(e) => Err(classify(&store, e)),
                         }
-                        Ok((Err(error),)) => Ok(Err(error.into())),
-                        Err(e) => Err(classify(&store, e)),
                     }
-                }
+                    None => Err(FailureReason::Instantiation),
+                },
                 Err(e) => Err(classify(&store, e)),
             }
         };
@@ -632,41 +968,70 @@ impl RuleHost {
         }
     }
 
-    fn store(&self, limits: &Limits) -> Result<(Store<Sandbox>, u64), FailureReason> {
+    /// A fresh store with the limits armed: fuel, the memory cap, and the
+    /// time limit checked every tick against the thread's CPU time (the
+    /// clock starts now, on the thread that runs the rule: time spent
+    /// waiting for it never counts).
+    fn store(&self, limits: &Limits) -> (Store<Sandbox>, u64) {
         let mut store = Store::new(&self.engine, Sandbox::new(limits));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|_| FailureReason::Instantiation)?;
-        let ticks = limits
-            .timeout_ms
-            .div_ceil(EPOCH_TICK.as_millis() as u64)
-            .max(1)
-            + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        Ok((store, limits.fuel))
+        // Fuel is enabled on the engine, so this cannot fail.
+        let _ = store.set_fuel(limits.fuel);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            let sandbox = cx.data_mut();
+            match sandbox.clock.check() {
+                None => Ok(UpdateDeadline::Continue(1)),
+                Some(stopped) => {
+                    sandbox.stopped = Some(stopped);
+                    Ok(UpdateDeadline::Interrupt)
+                }
+            }
+        });
+        (store, limits.fuel)
     }
 }
 
 /// Names what stopped an evaluation.
 fn classify(store: &Store<Sandbox>, error: wasmtime::Error) -> FailureReason {
-    if store.data().memory_cap_hit {
+    let sandbox = store.data();
+    if sandbox.memory_cap_hit {
         return FailureReason::OutOfMemory;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => FailureReason::OutOfFuel,
-        Some(Trap::Interrupt) => FailureReason::DeadlineExceeded,
+        Some(Trap::Interrupt) => match sandbox.stopped {
+            Some(Stopped::Host) => FailureReason::HostOverloaded,
+            _ => FailureReason::DeadlineExceeded,
+        },
+        Some(Trap::StackOverflow) => FailureReason::StackOverflow,
+        Some(Trap::UnreachableCodeReached) => FailureReason::Panic,
         Some(_) => FailureReason::Trap,
-        None => {
-            let text = format!("{error:#}");
-            if text.contains("pool") || text.contains("concurrency limit") {
-                FailureReason::Instantiation
-            } else {
-                FailureReason::Trap
-            }
+        None if error.is::<wasmtime::PoolConcurrencyLimitError>()
+            || format!("{error:#}").contains("concurrent limit") =>
+        {
+            FailureReason::EngineBusy
+        }
+        None => FailureReason::Trap,
+    }
+}
+
+/// `text` made safe for a log line: control characters (newlines, ANSI
+/// escapes) are escaped, and it is cut to `max` characters.
+pub fn sanitize(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202e}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
         }
     }
+    out
 }
 
 fn first_line(text: &str) -> String {

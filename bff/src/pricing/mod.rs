@@ -7,6 +7,7 @@ pub mod api;
 pub mod engine;
 pub mod host;
 pub mod model;
+pub mod pool;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -15,8 +16,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use self::engine::{ActiveRule, Priced, Referee, RuleFailed};
-use self::host::wit;
-use self::model::Channel;
+use self::host::{Evaluation, wit};
+use self::model::{Channel, FailureReason};
+use self::pool::{PoolError, Work};
 use self::registry::Registry;
 use crate::domain::TenantId;
 use crate::member::{Coupon, CouponKind, Member};
@@ -91,8 +93,10 @@ impl Pricing {
     }
 
     /// Catalogue prices of `products` for `member`: one evaluation per
-    /// item-stage rule for the whole batch. Returns per-product results.
-    pub fn price_catalog(
+    /// item-stage rule for the whole batch, on the rule pool. Returns
+    /// per-product results and whether the batch is degraded (a rule was
+    /// skipped; the rules and why are in the batch's `failures`).
+    pub async fn price_catalog(
         &self,
         snapshot: &[ActiveRule],
         tenant: &TenantId,
@@ -100,7 +104,7 @@ impl Pricing {
         channel: Channel,
         member: Option<&Member>,
         products: &[&Product],
-    ) -> Result<HashMap<String, engine::PricedLine>, RuleFailed> {
+    ) -> Result<CatalogPrices, RuleFailed> {
         let now = Utc::now();
         let rules: Vec<ActiveRule> = Self::rules_for(snapshot, mall, channel, now)
             .into_iter()
@@ -116,7 +120,7 @@ impl Pricing {
                 quantity: 1,
             })
             .collect();
-        let mut cart = build_cart(
+        let cart = build_cart(
             tenant,
             wit::BatchKind::Catalog,
             &CartRequest {
@@ -133,23 +137,71 @@ impl Pricing {
         let priced = if rules.is_empty() {
             unpriced(&cart)
         } else {
-            let observer = self.registry.observer(tenant.as_str());
-            Referee {
-                host: self.registry.host(),
-                observer: &observer,
-                budget: self.budget,
-            }
-            .price(&rules, &mut cart)?
+            self.run_batch(tenant, rules, cart).await?
         };
-        Ok(priced
-            .lines
-            .into_iter()
-            .map(|l| (l.id.clone(), l))
-            .collect())
+        Ok(CatalogPrices {
+            degraded: priced.degraded,
+            failures: priced.failures,
+            lines: priced
+                .lines
+                .into_iter()
+                .map(|l| (l.id.clone(), l))
+                .collect(),
+        })
     }
 
-    /// Prices a cart with every stage.
-    pub fn quote(
+    /// Prices a batch on the rule pool, as `tenant`'s work. When the pool
+    /// has no room, every rule fails with `ENGINE_BUSY` (the host's
+    /// failure: counted, never quarantining) and the policies decide.
+    async fn run_batch(
+        &self,
+        tenant: &TenantId,
+        rules: Vec<ActiveRule>,
+        mut cart: wit::Cart,
+    ) -> Result<Priced, RuleFailed> {
+        let registry = self.registry.clone();
+        let budget = self.budget;
+        let job_tenant = tenant.as_str().to_owned();
+        let rules = Arc::new(rules);
+        let (job_rules, job_cart) = (rules.clone(), cart.clone());
+        let ran = self
+            .registry
+            .pool()
+            .run(tenant.as_str(), Work::Price, move || {
+                let mut cart = job_cart;
+                let observer = registry.observer(&job_tenant);
+                Referee {
+                    host: registry.host(),
+                    observer: &observer,
+                    budget,
+                }
+                .price(&job_rules, &mut cart)
+            })
+            .await;
+        match ran {
+            Ok(priced) => priced,
+            Err(error) => {
+                let reason = match error {
+                    PoolError::Busy => FailureReason::EngineBusy,
+                    PoolError::Failed => FailureReason::Instantiation,
+                };
+                let observer = self.registry.observer(tenant.as_str());
+                Referee {
+                    host: self.registry.host(),
+                    observer: &observer,
+                    budget: self.budget,
+                }
+                .price_with(&rules, &mut cart, &mut |_, _| {
+                    Evaluation::skipped(reason.clone())
+                })
+            }
+        }
+    }
+
+    /// Prices a cart with every stage, on the rule pool. The result says
+    /// whether it is degraded ([`Priced::degraded`]): a checkout must
+    /// refuse to charge a degraded price.
+    pub async fn quote(
         &self,
         snapshot: &[ActiveRule],
         tenant: &TenantId,
@@ -157,26 +209,41 @@ impl Pricing {
     ) -> Result<Priced, RuleFailed> {
         let now = Utc::now();
         let rules = Self::rules_for(snapshot, request.mall, request.channel, now);
-        let mut cart = build_cart(tenant, wit::BatchKind::Cart, request, now);
-        let observer = self.registry.observer(tenant.as_str());
-        Referee {
-            host: self.registry.host(),
-            observer: &observer,
-            budget: self.budget,
+        let cart = build_cart(tenant, wit::BatchKind::Cart, request, now);
+        if rules.is_empty() {
+            return Ok(unpriced(&cart));
         }
-        .price(&rules, &mut cart)
+        self.run_batch(tenant, rules, cart).await
     }
 
-    /// Runs one rule alone against a cart, recording nothing.
-    pub fn dry_run(
+    /// Runs one rule alone against a cart on the rule pool (as the
+    /// tenant's administrative work), recording nothing.
+    pub async fn dry_run(
         &self,
         tenant: &TenantId,
-        rule: &ActiveRule,
-        request: &CartRequest<'_>,
-    ) -> engine::DryRun {
-        let mut cart = build_cart(tenant, wit::BatchKind::Cart, request, Utc::now());
-        engine::dry_run(self.registry.host(), rule, &mut cart)
+        rule: ActiveRule,
+        mut cart: wit::Cart,
+    ) -> Result<engine::DryRun, PoolError> {
+        let registry = self.registry.clone();
+        self.registry
+            .pool()
+            .run(tenant.as_str(), Work::Admin, move || {
+                engine::dry_run(registry.host(), &rule, &mut cart)
+            })
+            .await
     }
+}
+
+/// Catalogue prices of one batch.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogPrices {
+    /// Priced lines by product id.
+    pub lines: HashMap<String, engine::PricedLine>,
+    /// Whether a rule was skipped for the batch (every price of it may
+    /// differ from the one the shop set up).
+    pub degraded: bool,
+    /// The rules skipped and why.
+    pub failures: Vec<engine::Failure>,
 }
 
 fn unpriced(cart: &wit::Cart) -> Priced {

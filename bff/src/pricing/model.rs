@@ -48,7 +48,10 @@ pub struct Limits {
     pub fuel: u64,
     /// Linear-memory cap in bytes.
     pub memory_bytes: u64,
-    /// Wall-clock backstop in milliseconds.
+    /// Time limit in milliseconds, counted in CPU time of the rule's own
+    /// evaluation (time waiting for a thread or a CPU never counts). A
+    /// wall-clock backstop stops an evaluation the node cannot schedule
+    /// (`HOST_OVERLOADED`, not the rule's fault).
     pub timeout_ms: u64,
     /// Largest input (cart + config) in bytes.
     pub max_input_bytes: u64,
@@ -84,8 +87,14 @@ pub enum FailureReason {
     DeadlineExceeded,
     /// The rule tried to grow memory past its cap.
     OutOfMemory,
-    /// The rule trapped (panic, unreachable, bad memory access).
+    /// The rule trapped on an invalid operation (bad memory access, integer
+    /// division by zero, an indirect call of the wrong type).
     Trap,
+    /// The rule panicked (`unreachable` executed: how a Rust panic ends in
+    /// a guest built with `panic = "abort"`).
+    Panic,
+    /// The rule recursed past the host's WebAssembly stack limit.
+    StackOverflow,
     /// The input was larger than the deployment allows.
     InputTooLarge,
     /// The outcome was larger than the deployment allows.
@@ -94,10 +103,19 @@ pub enum FailureReason {
     InvalidOutput(String),
     /// The rule returned an error.
     RuleError(String),
-    /// The rule could not be instantiated (pool exhausted, missing binary).
+    /// The rule could not be instantiated (a binary the host cannot load).
     Instantiation,
     /// The batch's time budget was spent by the rules before this one.
     BudgetExhausted,
+    /// The node had no room to run the rule: its evaluation queue, its
+    /// tenant's share of the pool or the instance pool was full, or the
+    /// evaluation waited in the queue longer than allowed. The host's
+    /// failure, never the rule's.
+    EngineBusy,
+    /// The node was so overloaded that the rule ran far past its time limit
+    /// in wall-clock time without using its CPU time. The host's failure,
+    /// never the rule's.
+    HostOverloaded,
 }
 
 impl FailureReason {
@@ -108,12 +126,16 @@ impl FailureReason {
             FailureReason::DeadlineExceeded => "DEADLINE_EXCEEDED",
             FailureReason::OutOfMemory => "OUT_OF_MEMORY",
             FailureReason::Trap => "TRAP",
+            FailureReason::Panic => "PANIC",
+            FailureReason::StackOverflow => "STACK_OVERFLOW",
             FailureReason::InputTooLarge => "INPUT_TOO_LARGE",
             FailureReason::OutputTooLarge => "OUTPUT_TOO_LARGE",
             FailureReason::InvalidOutput(_) => "INVALID_OUTPUT",
             FailureReason::RuleError(_) => "RULE_ERROR",
             FailureReason::Instantiation => "INSTANTIATION_FAILED",
             FailureReason::BudgetExhausted => "BUDGET_EXHAUSTED",
+            FailureReason::EngineBusy => "ENGINE_BUSY",
+            FailureReason::HostOverloaded => "HOST_OVERLOADED",
         }
     }
 
@@ -123,7 +145,9 @@ impl FailureReason {
             FailureReason::OutOfFuel => "the evaluation used up its fuel budget".into(),
             FailureReason::DeadlineExceeded => "the evaluation ran past its time limit".into(),
             FailureReason::OutOfMemory => "the rule tried to grow memory past its cap".into(),
-            FailureReason::Trap => "the rule trapped (a panic or an invalid operation)".into(),
+            FailureReason::Trap => "the rule trapped on an invalid operation".into(),
+            FailureReason::Panic => "the rule panicked (unreachable code was reached)".into(),
+            FailureReason::StackOverflow => "the rule overflowed its call stack".into(),
             FailureReason::InputTooLarge => "the cart is larger than the rule's input limit".into(),
             FailureReason::OutputTooLarge => "the outcome is larger than the output limit".into(),
             FailureReason::InvalidOutput(why) => why.clone(),
@@ -132,7 +156,53 @@ impl FailureReason {
             FailureReason::BudgetExhausted => {
                 "the rules before this one used up the batch's time budget".into()
             }
+            FailureReason::EngineBusy => {
+                "the node had no room to run the rule; it was skipped, not blamed".into()
+            }
+            FailureReason::HostOverloaded => {
+                "the node was too busy to give the rule its CPU time; it was skipped, not blamed"
+                    .into()
+            }
         }
+    }
+
+    /// Whether the failure is evidence against the rule itself. Failures of
+    /// the host (a full pool or queue, an overloaded node, a spent batch
+    /// budget) and a cart over the rule's input cap are counted but never
+    /// lead to quarantine.
+    pub fn is_rules_fault(&self) -> bool {
+        !matches!(
+            self,
+            FailureReason::Instantiation
+                | FailureReason::InputTooLarge
+                | FailureReason::BudgetExhausted
+                | FailureReason::EngineBusy
+                | FailureReason::HostOverloaded
+        )
+    }
+}
+
+/// A rule that was skipped when a price or quote was computed: the
+/// result may differ from what the shop set up.
+#[derive(Debug, Clone, PartialEq, Eq, SimpleObject)]
+pub struct SkippedRule {
+    /// `name@version` of the deployment.
+    pub rule_id: String,
+    /// Why it was skipped: the failure code, e.g. `DEADLINE_EXCEEDED`,
+    /// `BUDGET_EXHAUSTED` or `ENGINE_BUSY`.
+    pub code: String,
+}
+
+impl SkippedRule {
+    /// The skipped rules of a pricing's failures.
+    pub fn list(failures: &[super::engine::Failure]) -> Vec<SkippedRule> {
+        failures
+            .iter()
+            .map(|f| SkippedRule {
+                rule_id: f.rule_id.clone(),
+                code: f.code.to_owned(),
+            })
+            .collect()
     }
 }
 

@@ -17,6 +17,7 @@ use super::host::{CompileError, CompiledRule, Evaluation, RuleHost};
 use super::model::{
     Deployment, DeploymentStatus, FailurePolicy, FailureReason, Limits, Scope, Stage, Version,
 };
+use super::pool::{PoolError, RulePool, Work};
 use crate::metrics::Metrics;
 use crate::store::{Event, SharedStore, StoreError};
 
@@ -54,6 +55,12 @@ pub enum RegistryError {
     /// Someone else changed the deployment at the same time.
     #[error("the deployment changed concurrently; retry")]
     Conflict,
+    /// The rule engine had no room for the work; retry shortly.
+    #[error("the rule engine is busy; retry shortly")]
+    Busy,
+    /// Too many uploads from this author or tenant; retry later.
+    #[error("too many uploads; retry in a minute")]
+    RateLimited,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,6 +77,8 @@ impl RegistryError {
                 crate::error::code::INVALID_RULE_CONFIG
             }
             RegistryError::Conflict => crate::error::code::CONFLICT,
+            RegistryError::Busy => crate::error::code::ENGINE_BUSY,
+            RegistryError::RateLimited => crate::error::code::RATE_LIMITED,
             RegistryError::Store(_) => crate::error::code::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,10 +139,39 @@ struct Tracker {
     quarantining: std::collections::HashSet<String>,
 }
 
+/// Uploads allowed per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadRates {
+    /// Per author (token subject) of a tenant.
+    pub per_author: u32,
+    /// Per tenant, all its authors together.
+    pub per_tenant: u32,
+}
+
+impl Default for UploadRates {
+    fn default() -> Self {
+        UploadRates {
+            per_author: 30,
+            per_tenant: 60,
+        }
+    }
+}
+
+type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+fn per_minute(n: u32) -> KeyedLimiter {
+    let n = std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_minute(n))
+}
+
 /// The registry of one BFF node.
 pub struct Registry {
     store: SharedStore,
     host: Arc<RuleHost>,
+    pool: RulePool,
+    runtime: Option<tokio::runtime::Handle>,
+    author_uploads: KeyedLimiter,
+    tenant_uploads: KeyedLimiter,
     compiled: moka::sync::Cache<String, Arc<CompiledRule>>,
     active: RwLock<HashMap<String, Arc<Vec<ActiveRule>>>>,
     tracker: Mutex<Tracker>,
@@ -157,17 +195,24 @@ fn tracker_key(tenant: &str, name: &str, version: u32) -> String {
 }
 
 impl Registry {
-    /// A registry over `store`; call [`Registry::start`] to load and follow
-    /// changes.
+    /// A registry over `store` whose rule work runs on `pool`; call
+    /// [`Registry::start`] to load and follow changes. Call it inside the
+    /// async runtime (quarantines are written from it).
     pub fn new(
         store: SharedStore,
         host: Arc<RuleHost>,
+        pool: RulePool,
         quarantine_after: u32,
+        uploads: UploadRates,
         metrics: Metrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             host,
+            pool,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            author_uploads: per_minute(uploads.per_author),
+            tenant_uploads: per_minute(uploads.per_tenant),
             compiled: moka::sync::Cache::new(256),
             active: RwLock::new(HashMap::new()),
             tracker: Mutex::new(Tracker::default()),
@@ -180,6 +225,16 @@ impl Registry {
     /// The WebAssembly host.
     pub fn host(&self) -> &RuleHost {
         &self.host
+    }
+
+    /// The host, shared.
+    pub fn shared_host(&self) -> Arc<RuleHost> {
+        self.host.clone()
+    }
+
+    /// The pool every piece of rule work runs on.
+    pub fn pool(&self) -> &RulePool {
+        &self.pool
     }
 
     /// Loads every deployment and follows changes from other nodes (and a
@@ -313,6 +368,12 @@ impl Registry {
 
     /// Stores a component for `tenant` after checking it implements the rule
     /// world. Returns its sha256. Uploading the same bytes twice is a no-op.
+    ///
+    /// In order, cheapest first (after [`Registry::admit_upload`], which
+    /// the upload route calls before it reads the body): the tenant's
+    /// component quota, the binary's declared costs (while
+    /// parsing), then compilation and a test instantiation on the rule
+    /// pool (as the tenant's administrative work).
     pub async fn upload(
         &self,
         tenant: &str,
@@ -320,11 +381,6 @@ impl Registry {
     ) -> Result<(String, usize), RegistryError> {
         let size = bytes.len();
         let sha = super::host::sha256_hex(&bytes);
-        if self.compiled.get(&sha).is_none() {
-            // Refused here, before anything is stored, if it is not a rule.
-            let compiled = self.compile_blocking(bytes.clone()).await?;
-            self.compiled.insert(sha.clone(), compiled);
-        }
         let owner = format!("{tenant}/{sha}");
         if self.store.get(OWNERS, &owner).await?.is_none() {
             let prefix = format!("{tenant}/");
@@ -341,6 +397,19 @@ impl Registry {
                 )));
             }
         }
+        super::host::check_costs(&bytes)?;
+        let bytes = Arc::new(bytes);
+        if self.compiled.get(&sha).is_none() {
+            // Refused here, before anything is stored, if it is not a rule.
+            let host = self.host.clone();
+            let input = bytes.clone();
+            let compiled = self
+                .pool
+                .run(tenant, Work::Admin, move || host.compile_cached(&input))
+                .await
+                .map_err(busy)??;
+            self.compiled.insert(sha.clone(), compiled);
+        }
         if self.store.get(COMPONENTS, &sha).await?.is_none() {
             self.store
                 .compare_and_set(COMPONENTS, &sha, None, &bytes)
@@ -352,6 +421,20 @@ impl Registry {
                 .await?;
         }
         Ok((sha, size))
+    }
+
+    /// Counts an upload by `author` of `tenant` against their rates;
+    /// refuses it when either is spent.
+    pub fn admit_upload(&self, tenant: &str, author: &str) -> Result<(), RegistryError> {
+        if self
+            .author_uploads
+            .check_key(&format!("{tenant}/{author}"))
+            .is_err()
+            || self.tenant_uploads.check_key(&tenant.to_owned()).is_err()
+        {
+            return Err(RegistryError::RateLimited);
+        }
+        Ok(())
     }
 
     /// A compiled component that `tenant` uploaded.
@@ -403,9 +486,12 @@ impl Registry {
             .and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
-    /// Runs the rule's `check-config` on a settings string.
+    /// Runs the rule's `check-config` on a settings string, on the rule
+    /// pool as `tenant`'s administrative work. The rule's message comes
+    /// back bounded and escaped.
     pub async fn check_config(
         &self,
+        tenant: &str,
         compiled: &Arc<CompiledRule>,
         limits: &Limits,
         config: &str,
@@ -414,15 +500,19 @@ impl Registry {
         let compiled = compiled.clone();
         let limits = *limits;
         let config = config.to_owned();
-        let result =
-            tokio::task::spawn_blocking(move || host.check_config(&compiled, &limits, &config))
-                .await
-                .map_err(|e| RegistryError::Store(StoreError::from_display(e)))?;
+        let result = self
+            .pool
+            .run(tenant, Work::Admin, move || {
+                host.check_config(&compiled, &limits, &config)
+            })
+            .await
+            .map_err(busy)?;
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(RegistryError::InvalidConfig(
                 super::engine::rule_error_text(&error),
             )),
+            Err(reason) if !reason.is_rules_fault() => Err(RegistryError::Busy),
             Err(reason) => Err(RegistryError::CheckFailed(reason.code())),
         }
     }
@@ -458,7 +548,7 @@ impl Registry {
             ));
         }
         let compiled = self.component_for(tenant, &request.component).await?;
-        self.check_config(&compiled, &request.limits, &request.config)
+        self.check_config(tenant, &compiled, &request.limits, &request.config)
             .await?;
         let count = self.deployments(tenant).await?.len();
         let name = request.name.clone();
@@ -740,17 +830,15 @@ impl Observer for TenantObserver {
                 Some(reason) => {
                     stats.failures += 1;
                     stats.last_failure = Some(reason.code());
-                    stats.last_failure_detail = Some(reason.detail());
-                    // Failures the rule did not cause (a busy pool, a cart
-                    // over its input cap) are counted but do not quarantine
-                    // it. Fail-closed rules are never quarantined: nothing
-                    // may be priced without them.
-                    let its_own = !matches!(
-                        reason,
-                        FailureReason::Instantiation
-                            | FailureReason::InputTooLarge
-                            | FailureReason::BudgetExhausted
-                    );
+                    stats.last_failure_detail = Some(super::host::sanitize(
+                        &reason.detail(),
+                        super::engine::caps::DETAIL_CHARS,
+                    ));
+                    // Failures the rule did not cause (a busy pool or node,
+                    // a cart over its input cap) are counted but do not
+                    // quarantine it. Fail-closed rules are never
+                    // quarantined: nothing may be priced without them.
+                    let its_own = reason.is_rules_fault();
                     if its_own {
                         stats.consecutive_failures += 1;
                         stats.recent = (stats.recent << 1) | 1;
@@ -778,7 +866,12 @@ impl Observer for TenantObserver {
             let name = rule.name.clone();
             let version = rule.version.version;
             let revision = rule.revision;
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Evaluations run on the rule pool's threads, outside the
+            // runtime: the write goes to the runtime the registry was made in.
+            let handle = tokio::runtime::Handle::try_current()
+                .ok()
+                .or_else(|| registry.runtime.clone());
+            if let Some(handle) = handle {
                 handle.spawn(async move {
                     if let Err(error) = registry
                         .quarantine(&tenant, &name, version, revision, reason)
@@ -789,6 +882,15 @@ impl Observer for TenantObserver {
                 });
             }
         }
+    }
+}
+
+fn busy(error: PoolError) -> RegistryError {
+    match error {
+        PoolError::Busy => RegistryError::Busy,
+        PoolError::Failed => RegistryError::Store(StoreError(
+            "the rule engine failed to complete the work".into(),
+        )),
     }
 }
 

@@ -73,6 +73,12 @@ pub struct Price {
     pub savings: Money,
     /// Promotions applied, in the order they were applied.
     pub applied: Vec<AppliedPromotion>,
+    /// Whether a promotion rule was skipped while computing this price (it
+    /// may change when the rule runs again): show it as provisional. A
+    /// degraded price is never charged.
+    pub degraded: bool,
+    /// The rules skipped, with why.
+    pub skipped_rules: Vec<crate::pricing::model::SkippedRule>,
 }
 
 /// Catalogue prices computed during one request, and the rule snapshot
@@ -147,6 +153,7 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
                 member.as_ref(),
                 &products,
             )
+            .await
             .map_err(|failed| {
                 let _ = req.prices.failed.set(failed.rule_id.clone());
                 ApiError::RuleFailed {
@@ -154,9 +161,13 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
                 }
             })?;
         let mut book = req.prices.prices.lock().expect("price book lock");
+        let skipped = crate::pricing::model::SkippedRule::list(&priced.failures);
         for p in products {
-            if let Some(line) = priced.get(p.id.as_str()) {
-                book.insert(p.id.clone(), Price::from_line(p.list_price, line));
+            if let Some(line) = priced.lines.get(p.id.as_str()) {
+                let mut price = Price::from_line(p.list_price, line);
+                price.degraded = priced.degraded;
+                price.skipped_rules = skipped.clone();
+                book.insert(p.id.clone(), price);
             }
         }
     }
@@ -171,6 +182,8 @@ impl Price {
             final_,
             savings: list.saturating_sub(final_),
             applied: line.applied.iter().map(AppliedPromotion::from).collect(),
+            degraded: false,
+            skipped_rules: Vec::new(),
         }
     }
 }

@@ -321,7 +321,11 @@ impl MemberClient {
     pub async fn hold(&self, tenant: &TenantId, key: &str) -> Result<Option<Hold>, UpstreamError> {
         let dto: Option<HoldDto> = self
             .endpoint
-            .get("holds.get", &["tenants", tenant.as_str(), "holds", key], &[])
+            .get(
+                "holds.get",
+                &["tenants", tenant.as_str(), "holds", key],
+                &[],
+            )
             .await?;
         match dto {
             Some(dto) => dto

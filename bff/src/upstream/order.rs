@@ -106,7 +106,11 @@ impl OrderClient {
     ) -> Result<Option<RecordedOrder>, UpstreamError> {
         let seen: Option<SeenOrderDto> = self
             .endpoint
-            .get("orders.get", &["tenants", tenant.as_str(), "orders", order], &[])
+            .get(
+                "orders.get",
+                &["tenants", tenant.as_str(), "orders", order],
+                &[],
+            )
             .await?;
         Ok(seen.map(|s| RecordedOrder {
             status: s.status,

@@ -12,15 +12,15 @@ use crate::store::{redis_url, unique_namespace};
 
 const WASM_DIR: &str = env!("PROMOTION_RULES_WASM_DIR");
 
-fn wasm(name: &str) -> Vec<u8> {
+pub(crate) fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(format!("{WASM_DIR}/{name}.wasm")).expect("guest built by build.rs")
 }
 
-fn author(app: &TestApp) -> String {
+pub(crate) fn author(app: &TestApp) -> String {
     app.token_for("demo", "author-1", Role::RuleAuthor)
 }
 
-async fn upload(app: &TestApp, token: Option<&str>, bytes: Vec<u8>) -> (u16, Value) {
+pub(crate) async fn upload(app: &TestApp, token: Option<&str>, bytes: Vec<u8>) -> (u16, Value) {
     let mut req = app
         .http
         .post(format!("{}/rules/components", app.url))
@@ -32,7 +32,7 @@ async fn upload(app: &TestApp, token: Option<&str>, bytes: Vec<u8>) -> (u16, Val
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-async fn publish(app: &TestApp, input: Value) -> Value {
+pub(crate) async fn publish(app: &TestApp, input: Value) -> Value {
     let (status, body) = app
         .query_vars(
             "mutation($i: PublishRuleInput!) { publishRule(input: $i) { name status activeVersion } }",
@@ -45,7 +45,7 @@ async fn publish(app: &TestApp, input: Value) -> Value {
 }
 
 /// Uploads a guest and publishes it active; returns the response body.
-async fn deploy(
+pub(crate) async fn deploy(
     app: &TestApp,
     guest: &str,
     name: &str,
@@ -65,14 +65,14 @@ async fn deploy(
     publish(app, input).await
 }
 
-fn limits(fuel: u64, memory: u64, timeout_ms: u64) -> Value {
+pub(crate) fn limits(fuel: u64, memory: u64, timeout_ms: u64) -> Value {
     json!({ "fuel": fuel, "memoryBytes": memory, "timeoutMs": timeout_ms,
             "maxInputBytes": 262144, "maxOutputBytes": 262144, "maxLogEntries": 64, "maxDiscount": 0 })
 }
 
 const PRODUCTS: &str = "{ products(mallId: \"mall-1\", first: 30) { nodes { id category listPrice { amount } flashSale { price { amount } startsAt endsAt } price { final { amount } savings { amount } applied { ruleId label amount { amount } } } } } }";
 
-async fn products(app: &TestApp, token: Option<&str>) -> Vec<Value> {
+pub(crate) async fn products(app: &TestApp, token: Option<&str>) -> Vec<Value> {
     let (status, body) = app.query(PRODUCTS, token).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["errors"].is_null(), "{body}");
@@ -82,7 +82,7 @@ async fn products(app: &TestApp, token: Option<&str>) -> Vec<Value> {
         .clone()
 }
 
-fn flash_active(p: &Value) -> bool {
+pub(crate) fn flash_active(p: &Value) -> bool {
     let now = chrono::Utc::now();
     let f = &p["flashSale"];
     if f.is_null() {
@@ -94,7 +94,7 @@ fn flash_active(p: &Value) -> bool {
 }
 
 /// Products without a running flash sale (their price is the member price).
-async fn plain_products(app: &TestApp) -> Vec<Value> {
+pub(crate) async fn plain_products(app: &TestApp) -> Vec<Value> {
     products(app, None)
         .await
         .into_iter()
@@ -132,7 +132,7 @@ async fn a_gold_member_sees_the_member_price_and_an_anonymous_visitor_does_not()
     assert_eq!(stats["evaluations"], 2, "one per page request: {stats}");
 }
 
-async fn rule_stats(app: &TestApp, name: &str) -> Value {
+pub(crate) async fn rule_stats(app: &TestApp, name: &str) -> Value {
     let (_, body) = app
         .query_vars(
             "query($n: String!) { ruleDeployment(name: $n) { status quarantineReason stats { evaluations failures consecutiveFailures lastFailureCode lastFailureDetail lastFuel } } }",
@@ -146,9 +146,21 @@ async fn rule_stats(app: &TestApp, name: &str) -> Value {
     stats
 }
 
-const QUOTE: &str = "query($c: CartInput!) { quote(input: $c) { subtotal { amount } discount { amount } pointsUsed pointsAmount { amount } payable { amount } lines { id quantity subtotal { amount } payable { amount } applied { ruleId amount { amount } } } appliedDetail { ruleId label amount { amount } lineId couponId points } hints { ruleId code message shortfall { amount } } } }";
+pub(crate) const QUOTE: &str = "query($c: CartInput!) { quote(input: $c) { subtotal { amount } discount { amount } pointsUsed pointsAmount { amount } payable { amount } lines { id quantity subtotal { amount } payable { amount } applied { ruleId amount { amount } } } appliedDetail { ruleId label amount { amount } lineId couponId points } hints { ruleId code message shortfall { amount } } } }";
 
-async fn quote(app: &TestApp, cart: Value, token: Option<&str>) -> Value {
+/// A quote with its degraded marker.
+pub(crate) async fn quote_marked(app: &TestApp, cart: Value, token: Option<&str>) -> Value {
+    let query = QUOTE.replacen(
+        "quote(input: $c) {",
+        "quote(input: $c) { degraded skippedRules { ruleId code }",
+        1,
+    );
+    let (status, body) = app.query_vars(&query, json!({ "c": cart }), token).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+pub(crate) async fn quote(app: &TestApp, cart: Value, token: Option<&str>) -> Value {
     let (status, body) = app.query_vars(QUOTE, json!({ "c": cart }), token).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -498,7 +510,16 @@ async fn contained(guest: &str, stage: &str, config: &str, limits: Option<Value>
     assert_eq!(stats["failures"], 1);
 
     for _ in 0..4 {
-        let again = quote(&app, cart.clone(), Some(&token)).await;
+        // The skipped rule marks the quote degraded, with its code; the
+        // amounts are the ones without it.
+        let mut again = quote_marked(&app, cart.clone(), Some(&token)).await;
+        let quote = again["data"]["quote"].as_object_mut().unwrap();
+        assert_eq!(quote.remove("degraded"), Some(json!(true)), "{guest}");
+        assert_eq!(
+            quote.remove("skippedRules"),
+            Some(json!([{ "ruleId": "hostile@1", "code": code }])),
+            "{guest}"
+        );
         assert_eq!(again["data"]["quote"], before["data"]["quote"]);
     }
     let started = Instant::now();
@@ -567,8 +588,13 @@ async fn memory_growth_hits_the_memory_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_panic_is_a_trap() {
-    contained("hostile_panic", "ORDER", "", None, "TRAP").await;
+async fn a_panic_is_named_panic() {
+    contained("hostile_panic", "ORDER", "", None, "PANIC").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unbounded_recursion_is_a_stack_overflow() {
+    contained("hostile_stack", "ORDER", "", None, "STACK_OVERFLOW").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -993,7 +1019,7 @@ async fn a_request_keeps_the_rule_versions_it_started_with() {
         wallet: Money::ZERO,
         tags: vec![],
     };
-    let price = |snapshot: &[bff::pricing::engine::ActiveRule]| {
+    let price = async |snapshot: &[bff::pricing::engine::ActiveRule]| {
         app.state
             .pricing()
             .price_catalog(
@@ -1004,12 +1030,14 @@ async fn a_request_keeps_the_rule_versions_it_started_with() {
                 Some(&member),
                 &[&product],
             )
-            .unwrap()["sku-x"]
+            .await
+            .unwrap()
+            .lines["sku-x"]
             .payable
     };
     // A request takes its snapshot when it starts pricing...
     let in_flight = app.state.pricing().snapshot(&tenant);
-    assert_eq!(price(&in_flight), 9_500);
+    assert_eq!(price(&in_flight).await, 9_500);
     // ...the rule is deactivated meanwhile...
     let (_, body) = app
         .query(
@@ -1020,8 +1048,8 @@ async fn a_request_keeps_the_rule_versions_it_started_with() {
     assert_eq!(body["data"]["deactivateRule"]["status"], "INACTIVE");
     // ...and it still finishes on the version it started with, while new
     // requests see the change.
-    assert_eq!(price(&in_flight), 9_500);
-    assert_eq!(price(&app.state.pricing().snapshot(&tenant)), 10_000);
+    assert_eq!(price(&in_flight).await, 9_500);
+    assert_eq!(price(&app.state.pricing().snapshot(&tenant)).await, 10_000);
 }
 
 #[tokio::test(flavor = "multi_thread")]
