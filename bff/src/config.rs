@@ -75,6 +75,65 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Promotion rules.
     pub rules: RulesSettings,
+    /// Checkout, payments and the order service.
+    pub checkout: CheckoutSettings,
+}
+
+/// The signing secret of the `demo` payment provider in development. It is
+/// public (it is in this repository), so production refuses it.
+pub const DEV_PAYMENT_SECRET: &str = "whsec_mall_bff_dev_do_not_use_in_production";
+
+/// Checkout, payments and the order service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutSettings {
+    /// How long an unpaid order waits for its payment before it expires.
+    pub payment_ttl_secs: u64,
+    /// How often the sweeper looks for expired or half-done orders.
+    pub sweep_interval_ms: u64,
+    /// How often the outbox relay delivers order events.
+    pub relay_interval_ms: u64,
+    /// Base URL of the order service. Unset: the embedded demo order
+    /// service (development only).
+    pub order_service_url: Option<Url>,
+    /// Signing secret of each payment provider, by provider name (the
+    /// `{provider}` of `POST /payments/notify/{provider}`). Empty in
+    /// development: the `demo` provider with [`DEV_PAYMENT_SECRET`].
+    pub payment_secrets: std::collections::HashMap<String, SecretString>,
+    /// How far a notification's timestamp may be from now (replay window).
+    pub signature_tolerance_secs: i64,
+}
+
+impl Default for CheckoutSettings {
+    fn default() -> Self {
+        Self {
+            payment_ttl_secs: 15 * 60,
+            sweep_interval_ms: 1_000,
+            relay_interval_ms: 200,
+            order_service_url: None,
+            payment_secrets: std::collections::HashMap::new(),
+            signature_tolerance_secs: crate::payment::DEFAULT_TOLERANCE_SECS,
+        }
+    }
+}
+
+impl CheckoutSettings {
+    /// The provider secrets in effect: the configured ones, or in
+    /// development with none configured, `demo` with the public
+    /// development secret.
+    pub fn effective_secrets(
+        &self,
+        environment: Environment,
+    ) -> std::collections::HashMap<String, SecretString> {
+        if self.payment_secrets.is_empty() && environment == Environment::Development {
+            std::collections::HashMap::from([(
+                "demo".to_owned(),
+                SecretString::from(DEV_PAYMENT_SECRET),
+            )])
+        } else {
+            self.payment_secrets.clone()
+        }
+    }
 }
 
 /// The BFF's own state store.
@@ -140,6 +199,7 @@ impl Default for Settings {
             redis_url: None,
             store: StoreSettings::default(),
             rules: RulesSettings::default(),
+            checkout: CheckoutSettings::default(),
         }
     }
 }
@@ -423,6 +483,35 @@ impl Settings {
                     )));
                 }
             }
+            if self.checkout.order_service_url.is_none() {
+                return Err(ConfigError::Inconsistent(
+                    "checkout.order_service_url is required in production \
+                     (the demo order service is for development)"
+                        .into(),
+                ));
+            }
+            if self
+                .checkout
+                .payment_secrets
+                .values()
+                .any(|s| s.expose_secret() == DEV_PAYMENT_SECRET)
+            {
+                return Err(ConfigError::Inconsistent(
+                    "checkout.payment_secrets must not use the public development secret \
+                     in production"
+                        .into(),
+                ));
+            }
+        }
+        if self.checkout.payment_ttl_secs == 0
+            || self.checkout.sweep_interval_ms == 0
+            || self.checkout.relay_interval_ms == 0
+        {
+            return Err(ConfigError::Inconsistent(
+                "checkout.payment_ttl_secs, sweep_interval_ms and relay_interval_ms \
+                 must be positive"
+                    .into(),
+            ));
         }
         if self.auth.jwt_secret.expose_secret().len() < 32 {
             return Err(ConfigError::Inconsistent(
