@@ -624,6 +624,48 @@ mod tests {
     }
 
     #[test]
+    fn payment_secrets_default_to_the_demo_provider_in_development_only() {
+        let settings = Settings::default();
+        let dev = settings
+            .checkout
+            .effective_secrets(Environment::Development);
+        assert_eq!(
+            dev.get("demo").map(|s| s.expose_secret().to_owned()),
+            Some(DEV_PAYMENT_SECRET.to_owned())
+        );
+        assert!(
+            settings
+                .checkout
+                .effective_secrets(Environment::Production)
+                .is_empty()
+        );
+        assert_eq!(settings.checkout.payment_ttl_secs, 15 * 60);
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_ENVIRONMENT", "production");
+            jail.set_env(
+                "BFF_AUTH__JWT_SECRET",
+                "a-real-private-key-of-at-least-32-bytes!",
+            );
+            for service in ["MALL", "MEMBER", "PRODUCT"] {
+                jail.set_env(
+                    format!("BFF_UPSTREAMS__{service}__BASE_URL"),
+                    "http://upstream.internal/",
+                );
+            }
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("order_service_url"), "{err}");
+            jail.set_env("BFF_CHECKOUT__ORDER_SERVICE_URL", "http://orders.internal/");
+            jail.set_env("BFF_CHECKOUT__PAYMENT_SECRETS__DEMO", DEV_PAYMENT_SECRET);
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("payment_secrets"), "{err}");
+            jail.set_env("BFF_CHECKOUT__PAYMENT_SECRETS__DEMO", "whsec_private");
+            let settings = Settings::load(None).unwrap();
+            assert!(settings.checkout.payment_secrets.contains_key("demo"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_secret_never_appears_in_debug_output() {
         let settings = Settings::default();
         assert!(!format!("{settings:?}").contains(DEV_JWT_SECRET));
