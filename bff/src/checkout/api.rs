@@ -230,6 +230,8 @@ fn points(points: i64) -> i32 {
     i32::try_from(points.max(0)).unwrap_or(i32::MAX)
 }
 
+/// A member's order: what was bought, what it costs, and where it is in
+/// its life.
 #[Object]
 impl Order {
     /// The order's id.
