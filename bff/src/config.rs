@@ -83,6 +83,65 @@ pub struct Settings {
     pub rules: RulesSettings,
     /// The `/metrics` endpoint.
     pub metrics: MetricsSettings,
+    /// Checkout, payments and the order service.
+    pub checkout: CheckoutSettings,
+}
+
+/// The signing secret of the `demo` payment provider in development. It is
+/// public (it is in this repository), so production refuses it.
+pub const DEV_PAYMENT_SECRET: &str = "whsec_mall_bff_dev_do_not_use_in_production";
+
+/// Checkout, payments and the order service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutSettings {
+    /// How long an unpaid order waits for its payment before it expires.
+    pub payment_ttl_secs: u64,
+    /// How often the sweeper looks for expired or half-done orders.
+    pub sweep_interval_ms: u64,
+    /// How often the outbox relay delivers order events.
+    pub relay_interval_ms: u64,
+    /// Base URL of the order service. Unset: the embedded demo order
+    /// service (development only).
+    pub order_service_url: Option<Url>,
+    /// Signing secret of each payment provider, by provider name (the
+    /// `{provider}` of `POST /payments/notify/{provider}`). Empty in
+    /// development: the `demo` provider with [`DEV_PAYMENT_SECRET`].
+    pub payment_secrets: std::collections::HashMap<String, SecretString>,
+    /// How far a notification's timestamp may be from now (replay window).
+    pub signature_tolerance_secs: i64,
+}
+
+impl Default for CheckoutSettings {
+    fn default() -> Self {
+        Self {
+            payment_ttl_secs: 15 * 60,
+            sweep_interval_ms: 1_000,
+            relay_interval_ms: 200,
+            order_service_url: None,
+            payment_secrets: std::collections::HashMap::new(),
+            signature_tolerance_secs: crate::payment::DEFAULT_TOLERANCE_SECS,
+        }
+    }
+}
+
+impl CheckoutSettings {
+    /// The provider secrets in effect: the configured ones, or in
+    /// development with none configured, `demo` with the public
+    /// development secret.
+    pub fn effective_secrets(
+        &self,
+        environment: Environment,
+    ) -> std::collections::HashMap<String, SecretString> {
+        if self.payment_secrets.is_empty() && environment == Environment::Development {
+            std::collections::HashMap::from([(
+                "demo".to_owned(),
+                SecretString::from(DEV_PAYMENT_SECRET),
+            )])
+        } else {
+            self.payment_secrets.clone()
+        }
+    }
 }
 
 /// Connection limits and timeouts of the HTTP server (HTTP/1.1).
@@ -246,6 +305,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             rules: RulesSettings::default(),
             metrics: MetricsSettings::default(),
+            checkout: CheckoutSettings::default(),
         }
     }
 }
@@ -594,6 +654,35 @@ impl Settings {
                     )));
                 }
             }
+            if self.checkout.order_service_url.is_none() {
+                return Err(ConfigError::Inconsistent(
+                    "checkout.order_service_url is required in production \
+                     (the demo order service is for development)"
+                        .into(),
+                ));
+            }
+            if self
+                .checkout
+                .payment_secrets
+                .values()
+                .any(|s| s.expose_secret() == DEV_PAYMENT_SECRET)
+            {
+                return Err(ConfigError::Inconsistent(
+                    "checkout.payment_secrets must not use the public development secret \
+                     in production"
+                        .into(),
+                ));
+            }
+        }
+        if self.checkout.payment_ttl_secs == 0
+            || self.checkout.sweep_interval_ms == 0
+            || self.checkout.relay_interval_ms == 0
+        {
+            return Err(ConfigError::Inconsistent(
+                "checkout.payment_ttl_secs, sweep_interval_ms and relay_interval_ms \
+                 must be positive"
+                    .into(),
+            ));
         }
         if self.auth.jwt_secret.expose_secret().len() < 32 {
             return Err(ConfigError::Inconsistent(
@@ -821,6 +910,48 @@ mod tests {
             jail.set_env("BFF_METRICS__BEARER_TOKEN", "short");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("metrics.bearer_token"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn payment_secrets_default_to_the_demo_provider_in_development_only() {
+        let settings = Settings::default();
+        let dev = settings
+            .checkout
+            .effective_secrets(Environment::Development);
+        assert_eq!(
+            dev.get("demo").map(|s| s.expose_secret().to_owned()),
+            Some(DEV_PAYMENT_SECRET.to_owned())
+        );
+        assert!(
+            settings
+                .checkout
+                .effective_secrets(Environment::Production)
+                .is_empty()
+        );
+        assert_eq!(settings.checkout.payment_ttl_secs, 15 * 60);
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_ENVIRONMENT", "production");
+            jail.set_env(
+                "BFF_AUTH__JWT_SECRET",
+                "a-real-private-key-of-at-least-32-bytes!",
+            );
+            for service in ["MALL", "MEMBER", "PRODUCT"] {
+                jail.set_env(
+                    format!("BFF_UPSTREAMS__{service}__BASE_URL"),
+                    "http://upstream.internal/",
+                );
+            }
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("order_service_url"), "{err}");
+            jail.set_env("BFF_CHECKOUT__ORDER_SERVICE_URL", "http://orders.internal/");
+            jail.set_env("BFF_CHECKOUT__PAYMENT_SECRETS__DEMO", DEV_PAYMENT_SECRET);
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("payment_secrets"), "{err}");
+            jail.set_env("BFF_CHECKOUT__PAYMENT_SECRETS__DEMO", "whsec_private");
+            let settings = Settings::load(None).unwrap();
+            assert!(settings.checkout.payment_secrets.contains_key("demo"));
             Ok(())
         });
     }

@@ -13,18 +13,24 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
+use crate::checkout::api::QuotePricer;
+use crate::checkout::{Checkout, CheckoutSettings};
 use crate::config::Settings;
+use crate::demo::orders::RunningOrderService;
 use crate::demo::{DemoUpstreams, Service, ServiceControl};
 use crate::domain::TenantId;
 use crate::graphql::complete::Shape;
 use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::{BffSchema, DocumentCache, build_schema};
 use crate::metrics::Metrics;
+use crate::outbox::Relay;
+use crate::payment::PaymentNotifications;
 use crate::pricing::Pricing;
 use crate::pricing::host::{PoolSize, RuleHost};
 use crate::pricing::pool::{PoolConfig, RulePool};
 use crate::pricing::registry::{Registry, UploadRates};
 use crate::store::SharedStore;
+use crate::upstream::order::OrderClient;
 use crate::upstream::{BaseUrls, Upstreams};
 
 /// Shared state of the running app: one cheap-to-clone handle.
@@ -44,6 +50,8 @@ struct Inner {
     persisted: PersistedQueries,
     pricing: Pricing,
     store: SharedStore,
+    checkout: Checkout,
+    payments: PaymentNotifications,
 }
 
 impl AppState {
@@ -87,6 +95,14 @@ impl AppState {
     pub fn store(&self) -> &SharedStore {
         &self.inner.store
     }
+    /// One-tap checkout.
+    pub fn checkout(&self) -> &Checkout {
+        &self.inner.checkout
+    }
+    /// Payment provider notifications.
+    pub fn payments(&self) -> &PaymentNotifications {
+        &self.inner.payments
+    }
     /// This instance's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -107,6 +123,8 @@ pub struct Application {
     router: Router,
     state: AppState,
     demo: Option<DemoUpstreams>,
+    order_service: Option<RunningOrderService>,
+    relay: Relay,
 }
 
 impl Application {
@@ -140,7 +158,7 @@ impl Application {
         let metrics = Metrics::new();
         let upstreams =
             Upstreams::new(&settings.upstreams, &settings.cache, &urls, metrics.clone())?;
-        let store = crate::store::open(
+        let (store, checkout_store) = crate::store::open_with_checkout(
             settings.redis_url.as_deref(),
             &settings.store.namespace,
             &settings.store.data_dir,
@@ -176,17 +194,57 @@ impl Application {
             settings.graphql.safelist_manifest.as_deref(),
             store.clone(),
         )?;
+        let pricing = Pricing::new(
+            registry,
+            Duration::from_millis(settings.rules.batch_budget_ms),
+        );
+        let upstreams = Arc::new(upstreams);
+        let pricer = QuotePricer::new(
+            upstreams.clone(),
+            pricing.clone(),
+            Duration::from_micros(settings.graphql.dataloader_delay_us),
+        );
+        let checkout = Checkout::new(
+            checkout_store.clone(),
+            upstreams.clone(),
+            Arc::new(pricer),
+            CheckoutSettings {
+                payment_ttl_ms: i64::try_from(settings.checkout.payment_ttl_secs)
+                    .unwrap_or(i64::MAX / 2_000)
+                    .saturating_mul(1_000),
+                ..CheckoutSettings::default()
+            },
+        );
+        let payments = PaymentNotifications::new(
+            checkout.clone(),
+            settings.checkout.effective_secrets(settings.environment()),
+            settings.checkout.signature_tolerance_secs,
+        );
+        let order_service = match &settings.checkout.order_service_url {
+            Some(_) => None,
+            None => Some(RunningOrderService::start().await?),
+        };
+        let order_url = match (&settings.checkout.order_service_url, &order_service) {
+            (Some(url), _) => url.clone(),
+            (None, Some(running)) => running.base_url.clone(),
+            (None, None) => anyhow::bail!("no base URL for the order service"),
+        };
+        let relay = Relay::new(
+            checkout_store,
+            OrderClient::new(&order_url, &Default::default(), metrics.clone()),
+            format!("bff-{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            RELAY_MIN_IDLE,
+        );
         let state = AppState {
             inner: Arc::new(Inner {
-                pricing: Pricing::new(
-                    registry,
-                    Duration::from_millis(settings.rules.batch_budget_ms),
-                ),
+                pricing,
+                checkout,
+                payments,
                 store,
                 schema,
                 shape,
                 persisted,
-                upstreams: Arc::new(upstreams),
+                upstreams,
                 authenticator: Authenticator::new(&settings.auth),
                 metrics,
                 documents: DocumentCache::new(&settings.graphql),
@@ -200,6 +258,8 @@ impl Application {
             router,
             state,
             demo,
+            order_service,
+            relay,
         })
     }
 
@@ -229,15 +289,79 @@ impl Application {
         tracing::info!(%addr, "BFF listening; playground at http://{addr}/playground");
         // Keep the demo upstreams alive for as long as we serve.
         let _demo = self.demo;
-        crate::http::server::serve(
+        let _order_service = self.order_service;
+        let background = Background(vec![
+            tokio::spawn(sweep_loop(
+                self.state.checkout().clone(),
+                Duration::from_millis(self.state.settings().checkout.sweep_interval_ms),
+            )),
+            tokio::spawn(relay_loop(
+                self.relay,
+                Duration::from_millis(self.state.settings().checkout.relay_interval_ms),
+            )),
+        ]);
+        let served = crate::http::server::serve(
             self.listener,
             self.router,
             &self.state.settings().server,
             shutdown_signal(),
         )
-        .await
+        .await;
+        drop(background);
+        served
     }
 }
+
+/// How long an undelivered outbox event stays with the relay that read it
+/// before another node's relay takes it over.
+const RELAY_MIN_IDLE: Duration = Duration::from_secs(30);
+
+/// Background loops of a serving app, stopped when it stops.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Expires unpaid orders and finishes half-done checkouts, every `every`
+/// (safe on every node at once).
+async fn sweep_loop(checkout: Checkout, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        match checkout.sweep(now).await {
+            Ok(report) if report != crate::checkout::SweepReport::default() => {
+                tracing::info!(?report, "checkout sweep");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "checkout sweep failed"),
+        }
+    }
+}
+
+/// Delivers outbox events to the order service every `every`.
+async fn relay_loop(relay: Relay, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match relay.pass().await {
+            Ok(report) if report.failed > 0 => {
+                tracing::warn!(?report, "order events left pending");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "outbox relay pass failed"),
+        }
+    }
+}
+
+impl Application {}
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

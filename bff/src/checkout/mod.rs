@@ -20,6 +20,7 @@
 //! retry — even one that arrives after the first attempt's node died —
 //! finds the same order instead of making a second one.
 
+pub mod api;
 mod error;
 pub mod model;
 mod payments;

@@ -242,6 +242,7 @@ impl Outcome {
 struct Caller {
     principal: Principal,
     channel: Channel,
+    idempotency_key: Option<String>,
 }
 
 /// `GET|POST /graphql`.
@@ -276,7 +277,15 @@ pub async fn graphql(
             "X-Channel must be app, mini-program, web or pos",
         );
     };
-    let caller = Caller { principal, channel };
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let caller = Caller {
+        principal,
+        channel,
+        idempotency_key,
+    };
     let bad_request = |message: &str| {
         error_response_as(media, StatusCode::BAD_REQUEST, code::BAD_REQUEST, message)
     };
@@ -517,6 +526,8 @@ async fn run_one(
         pricing: app.pricing().clone(),
         channel: caller.channel,
         prices: crate::product::PriceBook::default(),
+        idempotency_key: caller.idempotency_key.clone(),
+        checkout: Some(app.checkout().clone()),
     };
     let mut response = app.schema().execute(request.data(ctx)).await;
     ensure_codes(&mut response);

@@ -24,6 +24,7 @@ use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ServerError};
 
 use crate::auth::Principal;
+use crate::checkout::api::{CheckoutMutation, CheckoutQuery};
 use crate::config::GraphqlSettings;
 use async_graphql::ErrorExtensions;
 
@@ -44,11 +45,12 @@ pub struct Query(
     ProductQuery,
     HomeQuery,
     PricingQuery,
+    CheckoutQuery,
 );
 
 /// The root mutation.
 #[derive(MergedObject, Default)]
-pub struct Mutation(RulesMutation);
+pub struct Mutation(RulesMutation, CheckoutMutation);
 
 /// The BFF's GraphQL schema.
 pub type BffSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -338,6 +340,10 @@ pub struct RequestContext {
     /// Prices computed during this request, and the rule snapshot they were
     /// computed with.
     pub prices: crate::product::PriceBook,
+    /// The `Idempotency-Key` header, if sent.
+    pub idempotency_key: Option<String>,
+    /// The checkout service (absent where nothing checks out).
+    pub checkout: Option<crate::checkout::Checkout>,
 }
 
 /// The request context of a resolver. Always present for requests served

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
     if state.settings().dev_tokens_allowed() {
         router = router.route("/dev/token", get(dev_token));
     }
+    router = router.merge(payments::router(state.payments().clone()));
     router
         .layer(TraceLayer::new_for_http())
         // A panic in a handler is a bug; the client gets a coded 500 and

@@ -117,3 +117,24 @@ pub async fn open(
         }
     }
 }
+
+/// Opens the store like [`open`], answering it both as the general store
+/// and as the checkout's store (one connection pool, or one file: the
+/// embedded file cannot be opened twice).
+pub async fn open_with_checkout(
+    redis_url: Option<&str>,
+    namespace: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(SharedStore, SharedCheckoutStore)> {
+    match redis_url {
+        Some(url) => {
+            let store = Arc::new(RedisStore::connect(url, namespace).await?);
+            Ok((store.clone(), store))
+        }
+        None => {
+            std::fs::create_dir_all(data_dir)?;
+            let store = Arc::new(EmbeddedStore::open(&data_dir.join("bff.redb"))?);
+            Ok((store.clone(), store))
+        }
+    }
+}

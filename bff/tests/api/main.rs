@@ -2,6 +2,7 @@
 
 mod auth;
 mod checkout;
+mod checkout_api;
 mod checkout_property;
 mod checkout_store;
 mod cli;
