@@ -867,6 +867,7 @@ mod tests {
                 "http://svc.internal/",
             );
         }
+        jail.set_env("BFF_CHECKOUT__ORDER_SERVICE_URL", "http://orders.internal/");
     }
 
     #[test]

@@ -143,9 +143,9 @@ impl CartPricer for QuotePricer {
             discount,
             points_used: i64::from(quote.points_used),
             payable: quote.payable,
-            // The quote reports no skipped rules yet; once `Quote` carries
-            // the engine's `Priced::degraded` flag, it is passed on here.
-            degraded: false,
+            // A rule skipped while pricing: the checkout refuses to charge
+            // this price (`PRICE_DEGRADED`).
+            degraded: quote.degraded,
         })
     }
 }

@@ -1282,8 +1282,5 @@ fn quote_digest(priced: &Priced, products: &[(Product, u32)]) -> String {
             format!("{}|{}|{}|{:?};", h.rule_id, h.code, h.message, h.shortfall).as_bytes(),
         );
     }
-    if priced.degraded {
-        hash.update(b"degraded");
-    }
     format!("q_{}", &hex::encode(hash.finalize())[..24])
 }

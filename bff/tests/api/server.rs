@@ -467,17 +467,23 @@ async fn the_web_pages_carry_security_headers_and_load_nothing_remote() {
 const METRICS_TOKEN: &str = "a-metrics-scraper-token-of-32-bytes-or-more";
 
 /// A production node in front of real (demo) upstreams.
-async fn production_app(demo: &DemoUpstreams) -> TestApp {
+async fn production_app(demo: &DemoUpstreams) -> (TestApp, bff::demo::orders::RunningOrderService) {
     let url = |s| Some(demo.service(s).base_url.clone());
-    spawn_app_with(|s| {
+    let orders = bff::demo::orders::RunningOrderService::start()
+        .await
+        .expect("the demo order service starts");
+    let orders_url = orders.base_url.clone();
+    let app = spawn_app_with(|s| {
         s.environment = Some(Environment::Production);
+        s.checkout.order_service_url = Some(orders_url);
         s.auth.jwt_secret = "a-private-production-key-of-32-bytes!".into();
         s.metrics.bearer_token = Some(METRICS_TOKEN.into());
         s.upstreams.mall.base_url = url(Service::Mall);
         s.upstreams.member.base_url = url(Service::Member);
         s.upstreams.product.base_url = url(Service::Product);
     })
-    .await
+    .await;
+    (app, orders)
 }
 
 #[tokio::test]
@@ -485,7 +491,7 @@ async fn production_serves_no_playground_introspection_dev_tokens_or_open_metric
     let demo = DemoUpstreams::start(&DemoSettings::default())
         .await
         .unwrap();
-    let app = production_app(&demo).await;
+    let (app, _orders) = production_app(&demo).await;
     let get = |path: &str, token: Option<String>| {
         let mut req = app.http.get(format!("{}{path}", app.url));
         if let Some(token) = token {
