@@ -37,6 +37,8 @@ pub mod code {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// The request body is larger than allowed.
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// The request body was not received within the server's body read timeout.
+    pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
     /// A POST whose body is not `application/json` (forms, multipart and
     /// plain text are refused: browsers send those cross-site).
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "UNSUPPORTED_MEDIA_TYPE";
@@ -236,3 +238,10 @@ pub fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::S
 
 /// Result of internal functions that fail with a client-visible error.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The request body took longer than `server.body_read_timeout_ms`: the
+/// error a request body yields when the server cuts a slow client off, so
+/// the handler reading it can answer `408 REQUEST_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received in time")]
+pub struct BodyTimeout;

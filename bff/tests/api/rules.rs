@@ -741,6 +741,10 @@ async fn malformed_and_wrong_world_binaries_are_refused_at_upload() {
     let (status, body) = upload(&app, Some(&token), wasm("hostile_wrong_world")).await;
     assert_eq!(status, 422);
     assert_eq!(codes(&body), vec!["WRONG_WORLD"], "{body}");
+    // Right world, but instantiating it traps: its own code, not its shape.
+    let (status, body) = upload(&app, Some(&token), wasm("hostile_start_trap")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(codes(&body), vec!["RULE_START_TRAPPED"], "{body}");
     // A config the rule refuses is refused at publish.
     let (_, up) = upload(&app, Some(&token), wasm("rule_member_discount")).await;
     let body = publish(&app, json!({ "name": "bad-config", "component": up["sha256"], "config": "{\"levels\":{\"gold\":20000}}", "stage": "ITEM" })).await;
