@@ -126,28 +126,23 @@ impl RedisStore {
     }
 }
 
-/// How long subscribing to one node may take before the next is tried.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 async fn subscribe(
     client: &redis::Client,
     channel: &str,
 ) -> Result<redis::aio::PubSub, StoreError> {
-    let subscribing = async {
-        let mut pubsub = client
-            .get_async_pubsub()
-            .await
-            .map_err(StoreError::from_display)?;
-        pubsub
-            .subscribe(channel)
-            .await
-            .map_err(StoreError::from_display)?;
-        Ok(pubsub)
-    };
-    tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribing)
+    let mut pubsub = client
+        .get_async_pubsub()
         .await
-        .map_err(|_| StoreError("timed out subscribing to Redis".into()))?
+        .map_err(StoreError::from_display)?;
+    pubsub
+        .subscribe(channel)
+        .await
+        .map_err(StoreError::from_display)?;
+    Ok(pubsub)
 }
+
+/// How long subscribing to one node may take before the next is tried.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Subscribes through the first client that answers, starting at `from`;
 /// returns the subscription and the index of that client.
@@ -159,9 +154,11 @@ async fn subscribe_any(
     let mut last = StoreError("no Redis node to subscribe to".into());
     for n in 0..clients.len() {
         let at = (from + n) % clients.len();
-        match subscribe(&clients[at], channel).await {
-            Ok(pubsub) => return Ok((pubsub, at)),
-            Err(error) => last = error,
+        // A node that does not answer must not hold up the others.
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&clients[at], channel)).await {
+            Ok(Ok(pubsub)) => return Ok((pubsub, at)),
+            Ok(Err(error)) => last = error,
+            Err(_) => last = StoreError("timed out subscribing to Redis".into()),
         }
     }
     Err(last)
