@@ -2,11 +2,12 @@
 //! behind one connection type, so every command and script of the store is
 //! written once and runs on both.
 //!
-//! A cluster is selected by the URL scheme: `redis+cluster://` (or
-//! `rediss+cluster://`) followed by the comma-separated seed nodes, e.g.
+//! A cluster is selected by the URL scheme: `redis+cluster://` followed by
+//! the comma-separated seed nodes, e.g.
 //! `redis+cluster://:secret@10.0.0.5:6379,10.0.0.6:6379,10.0.0.7:6379`.
 //! The credentials, when given, apply to every node. Any other URL is one
-//! server.
+//! server. (`rediss+cluster://` gives `rediss://` seeds, which, like a
+//! `rediss://` server URL, need a TLS-enabled build of the redis client.)
 //!
 //! Events travel over classic pub/sub, which a cluster broadcasts to every
 //! node over its bus: subscribing on any one reachable node hears every
