@@ -253,22 +253,29 @@ fn require_redis_binaries() {
     }
 }
 
-/// `n` free ports whose cluster bus ports (port + 10000) are free too.
+/// `n` free ports whose cluster bus ports (port + 10000) are free too, both
+/// below Linux's ephemeral range (32768 and up), so no outgoing connection
+/// can take one between this check and the server's start.
 fn free_ports(n: usize) -> Vec<u16> {
     let mut ports = Vec::new();
     let mut held = Vec::new();
-    while ports.len() < n {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let port = listener.local_addr().expect("local address").port();
-        held.push(listener);
-        if port > 55_000 || ports.contains(&port) {
+    for _ in 0..10_000 {
+        if ports.len() == n {
+            break;
+        }
+        let port = rand::random_range(16_000..22_700);
+        if ports.contains(&port) {
             continue;
         }
-        let Ok(bus) = TcpListener::bind(("127.0.0.1", port + 10_000)) else {
+        let (Ok(client), Ok(bus)) = (
+            TcpListener::bind(("127.0.0.1", port)),
+            TcpListener::bind(("127.0.0.1", port + 10_000)),
+        ) else {
             continue;
         };
-        held.push(bus);
+        held.extend([client, bus]);
         ports.push(port);
     }
+    assert_eq!(ports.len(), n, "no free ports for local Redis servers");
     ports
 }
