@@ -4,7 +4,8 @@
 //!
 //! Data is kept in *spaces* (a Redis hash each; a key prefix in the embedded
 //! file). Events are broadcast to every node: in-process for the embedded
-//! store, over Redis pub/sub for Redis.
+//! store, over Redis pub/sub for Redis. The Redis backend runs on one server
+//! or on a Redis Cluster (`redis+cluster://` URLs).
 //!
 //! The checkout has its own domain operations ([`checkout::CheckoutStore`]:
 //! stock, orders, idempotency, the due index, the outbox), implemented by
@@ -15,6 +16,7 @@ mod checkout_embedded;
 mod checkout_redis;
 mod embedded;
 mod redis;
+mod redis_connection;
 
 use std::sync::Arc;
 

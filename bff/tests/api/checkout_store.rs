@@ -1,5 +1,6 @@
 //! One conformance suite for the checkout's store operations on both
-//! backends: the embedded file and Redis, each test in its own namespace.
+//! backends: the embedded file and Redis (one server, and a local 3-master
+//! Redis Cluster), each test in its own namespace.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use bff::store::checkout::{
 };
 use bff::store::{EmbeddedStore, RedisStore, SharedCheckoutStore};
 
+use crate::local_redis::cluster_url;
 use crate::store::{redis_url, unique_namespace};
 
 /// A fresh embedded store (its directory lives as long as the store).
@@ -25,6 +27,16 @@ pub async fn redis(test: &str) -> SharedCheckoutStore {
         RedisStore::connect(&redis_url(), &unique_namespace(test))
             .await
             .expect("Redis answers (set BFF_REDIS_URL)"),
+    )
+}
+
+/// A store on the shared local Redis Cluster, in a namespace of its own.
+pub async fn cluster(test: &str) -> SharedCheckoutStore {
+    let url = tokio::task::spawn_blocking(cluster_url).await.unwrap();
+    Arc::new(
+        RedisStore::connect(&url, &unique_namespace(test))
+            .await
+            .expect("the local Redis Cluster answers"),
     )
 }
 
@@ -597,4 +609,29 @@ async fn the_embedded_checkout_store_never_oversells_under_1000_concurrent_buyer
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_redis_checkout_store_never_oversells_under_1000_concurrent_buyers() {
     never_oversells(redis("co-oversell").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_reserves_and_moves_stock_exactly_once() {
+    stock_and_orders(cluster("co-stock").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_writes_one_event_per_step_and_redelivers_unacked_ones() {
+    every_step_writes_exactly_one_event(cluster("co-outbox").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_leases_due_orders_to_one_sweeper() {
+    due_orders_are_claimed_by_one_sweeper_at_a_time(cluster("co-due").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_keeps_idempotency_records() {
+    idempotency_records(cluster("co-idem").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_checkout_store_never_oversells_under_1000_concurrent_buyers() {
+    never_oversells(cluster("co-oversell").await).await;
 }
