@@ -372,9 +372,7 @@ fn checkout_request(
     if let Some(header) = &req.idempotency_key
         && header != &input.idempotency_key
     {
-        return Err(CheckoutError::BadInput(
-            "the Idempotency-Key header and idempotencyKey differ".into(),
-        ));
+        return Err(CheckoutError::IdempotencyKeyMismatch);
     }
     let idempotency_key = IdempotencyKey::parse(input.idempotency_key)?;
     let cart = input.cart;

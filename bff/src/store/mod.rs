@@ -120,11 +120,14 @@ pub async fn open(
 
 /// Opens the store like [`open`], answering it both as the general store
 /// and as the checkout's store (one connection pool, or one file: the
-/// embedded file cannot be opened twice).
+/// embedded file cannot be opened twice). With `fresh_checkout`, the
+/// embedded file's checkout state is emptied first (see
+/// [`EmbeddedStore::reset_checkout`]); a Redis namespace is never emptied.
 pub async fn open_with_checkout(
     redis_url: Option<&str>,
     namespace: &str,
     data_dir: &std::path::Path,
+    fresh_checkout: bool,
 ) -> anyhow::Result<(SharedStore, SharedCheckoutStore)> {
     match redis_url {
         Some(url) => {
@@ -134,6 +137,9 @@ pub async fn open_with_checkout(
         None => {
             std::fs::create_dir_all(data_dir)?;
             let store = Arc::new(EmbeddedStore::open(&data_dir.join("bff.redb"))?);
+            if fresh_checkout {
+                store.reset_checkout()?;
+            }
             Ok((store.clone(), store))
         }
     }

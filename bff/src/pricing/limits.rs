@@ -1,0 +1,11 @@
+//! The limits of a cart, one set for `quote` and `checkout`: a cart the
+//! quote prices is a cart the checkout accepts, and the other way round.
+
+/// Most lines in one cart.
+pub const MAX_CART_LINES: usize = 50;
+/// Most units of one line.
+pub const MAX_QUANTITY: i32 = 99;
+/// Largest bill amount, in minor units (¥10,000,000).
+pub const MAX_BILL: i64 = 1_000_000_000;
+/// Most coupons on one cart.
+pub const MAX_COUPONS: usize = 10;
