@@ -399,7 +399,7 @@ fn checkout_request(
         .bill_amount
         .map(|m| {
             Money::from_minor(m.0).map_err(|_| {
-                CheckoutError::BadInput("billAmount must be between 1 and 1000000000".into())
+                CheckoutError::BadInput("billAmount must be between 1 and 10000000000".into())
             })
         })
         .transpose()?;

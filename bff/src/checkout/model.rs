@@ -82,7 +82,7 @@ impl Cart {
                     return bad("a billAmount needs the storeId of the store");
                 }
                 if bill.minor() == 0 || bill.minor() > MAX_BILL {
-                    return bad("billAmount must be between 1 and 1000000000");
+                    return bad("billAmount must be between 1 and 10000000000");
                 }
             }
             (None, false) => {}

@@ -1,6 +1,6 @@
 //! HTTP routes beside `/graphql`: the playground, the shop demo page,
-//! health, readiness,
-//! metrics and (in development) demo tokens; and, in [`server`], the HTTP
+//! health, readiness, metrics, payment notifications and (in development)
+//! demo tokens and the payment simulator; and, in [`server`], the HTTP
 //! server that carries them, with its connection limits.
 
 pub mod server;

@@ -64,7 +64,7 @@ pub struct CartInput {
     /// Items to buy (at most 50 lines, each product once).
     pub items: Option<Vec<CartItemInput>>,
     /// A bill amount in minor units to pay at `storeId` (1 to
-    /// 1000000000).
+    /// 10000000000).
     pub bill_amount: Option<MinorUnits>,
     /// Coupons the member chooses to use.
     pub coupon_ids: Option<Vec<ID>>,
@@ -1112,7 +1112,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
         }
         (None, Some(amount)) => {
             if !(1..=MAX_BILL).contains(&amount) {
-                return Err(bad("billAmount", "must be between 1 and 1000000000"));
+                return Err(bad("billAmount", "must be between 1 and 10000000000"));
             }
             let store_id = input
                 .store_id

@@ -5,7 +5,8 @@
 pub const MAX_CART_LINES: usize = 50;
 /// Most units of one line.
 pub const MAX_QUANTITY: i32 = 99;
-/// Largest bill amount, in minor units (¥10,000,000).
-pub const MAX_BILL: i64 = 1_000_000_000;
+/// Largest bill amount, in minor units (¥100,000,000): larger than 32 bits,
+/// which the `MinorUnits` scalar carries exactly.
+pub const MAX_BILL: i64 = 10_000_000_000;
 /// Most coupons on one cart.
 pub const MAX_COUPONS: usize = 10;
