@@ -174,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &settings.store.namespace,
                     &settings.store.data_dir,
                     false,
+                    Duration::from_secs(settings.checkout.order_retention_secs),
                 )
                 .await?;
                 let mut seen = std::collections::HashMap::new();

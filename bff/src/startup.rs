@@ -168,6 +168,7 @@ impl Application {
             &settings.store.namespace,
             &settings.store.data_dir,
             demo_checkout,
+            Duration::from_secs(settings.checkout.order_retention_secs),
         )
         .await?;
         let host = RuleHost::shared(PoolSize {
