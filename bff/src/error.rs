@@ -99,6 +99,9 @@ pub mod code {
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
     /// The first request with this idempotency key is still running.
     pub const IDEMPOTENCY_KEY_IN_PROGRESS: &str = "IDEMPOTENCY_KEY_IN_PROGRESS";
+    /// The `Idempotency-Key` header and the input's `idempotencyKey`
+    /// differ.
+    pub const IDEMPOTENCY_KEY_MISMATCH: &str = "IDEMPOTENCY_KEY_MISMATCH";
     /// The price was computed without a rule; no order is made on it.
     pub const PRICE_DEGRADED: &str = "PRICE_DEGRADED";
     /// No such order for this member.

@@ -26,6 +26,9 @@ pub enum CheckoutError {
     /// The idempotency key was used for a different request.
     #[error("this idempotency key was used for a different request")]
     IdempotencyKeyReused,
+    /// The `Idempotency-Key` header names another key than the input.
+    #[error("the Idempotency-Key header and input.idempotencyKey must be equal")]
+    IdempotencyKeyMismatch,
     /// The first request with this key is still running.
     #[error("a request with this idempotency key is still running; retry shortly")]
     IdempotencyKeyInProgress,
@@ -79,6 +82,7 @@ impl CheckoutError {
             CheckoutError::InsufficientBalance => code::INSUFFICIENT_BALANCE,
             CheckoutError::IdempotencyKeyReused => code::IDEMPOTENCY_KEY_REUSED,
             CheckoutError::IdempotencyKeyInProgress => code::IDEMPOTENCY_KEY_IN_PROGRESS,
+            CheckoutError::IdempotencyKeyMismatch => code::IDEMPOTENCY_KEY_MISMATCH,
             CheckoutError::PriceDegraded => code::PRICE_DEGRADED,
             CheckoutError::OrderNotFound(_) => code::ORDER_NOT_FOUND,
             CheckoutError::InvalidTransition { .. } => code::INVALID_TRANSITION,

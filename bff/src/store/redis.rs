@@ -42,7 +42,12 @@ pub struct RedisStore {
     events: broadcast::Sender<Event>,
     cas: redis::Script,
     checkout: super::checkout_redis::Scripts,
+    /// How long a finished order is kept (milliseconds).
+    order_retention_ms: u64,
 }
+
+/// How long finished orders are kept on Redis unless configured: 30 days.
+pub const DEFAULT_ORDER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,7 +102,20 @@ impl RedisStore {
             events,
             cas: redis::Script::new(CAS),
             checkout: super::checkout_redis::Scripts::new(),
+            order_retention_ms: duration_ms(DEFAULT_ORDER_RETENTION),
         })
+    }
+
+    /// Keeps finished orders (completed, cancelled or expired, nothing left
+    /// to do) for `retention`, then lets Redis drop them (at least 1 ms).
+    pub fn with_order_retention(mut self, retention: Duration) -> Self {
+        self.order_retention_ms = duration_ms(retention).max(1);
+        self
+    }
+
+    /// How long a finished order is kept, in milliseconds.
+    pub(super) fn order_retention_ms(&self) -> u64 {
+        self.order_retention_ms
     }
 
     /// The key namespace.
@@ -309,4 +327,8 @@ impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -635,3 +635,88 @@ async fn the_cluster_checkout_store_keeps_idempotency_records() {
 async fn the_cluster_checkout_store_never_oversells_under_1000_concurrent_buyers() {
     never_oversells(cluster("co-oversell").await).await;
 }
+
+#[tokio::test]
+async fn on_redis_a_finished_order_expires_after_its_retention_and_an_open_one_never_does() {
+    let namespace = unique_namespace("co-retention");
+    let retention = std::time::Duration::from_secs(2 * 24 * 3600);
+    let store: SharedCheckoutStore = Arc::new(
+        RedisStore::connect(&redis_url(), &namespace)
+            .await
+            .unwrap()
+            .with_order_retention(retention),
+    );
+    let scope = scope();
+    let sku = ProductId::parse("sku-flash-1").unwrap();
+    store.define_stock(&scope, &sku, 10, 0).await.unwrap();
+    let member = MemberId::parse("member-1").unwrap();
+    let new = |unique: &str| NewOrder {
+        id: OrderId::new(&scope.mall, unique).unwrap(),
+        member: member.clone(),
+        lines: vec![StockLine {
+            sku: sku.clone(),
+            quantity: 1,
+        }],
+        due_at_ms: 0,
+        body: "{}".into(),
+    };
+    let open = new("0000000000000001");
+    let done = new("0000000000000002");
+    for order in [&open, &done] {
+        store.create_order(&scope, order).await.unwrap().unwrap();
+    }
+    let cancel = |due| Step {
+        expect_version: 2,
+        expect_status: OrderStatus::Reserved,
+        to: OrderStatus::Cancelled,
+        body: "{}".into(),
+        stock: StockEffect::Release,
+        due,
+        payment_id: None,
+        event: "order.cancelled".into(),
+    };
+    // Cancelled with a hold still to release: kept until that is done.
+    assert_eq!(
+        store
+            .apply(&scope, &open.id, &cancel(Due::At(0)))
+            .await
+            .unwrap(),
+        StepOutcome::Applied(3)
+    );
+    assert_eq!(
+        store
+            .apply(&scope, &done.id, &cancel(Due::Clear))
+            .await
+            .unwrap(),
+        StepOutcome::Applied(3)
+    );
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let c = client.get_multiplexed_async_connection().await.unwrap();
+    let key = |id: &OrderId| format!("{namespace}:co:{{demo:mall-1}}:order:{id}");
+    let ttl = |id: &OrderId| {
+        let key = key(id);
+        let mut c = c.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        ttl(&open.id).await,
+        -1,
+        "an order with work left never expires"
+    );
+    let left = ttl(&done.id).await;
+    assert!(
+        left > 0 && left <= retention.as_millis() as i64,
+        "a finished order expires after its retention: {left} ms"
+    );
+    assert!(
+        left > (retention.as_millis() as i64) / 2,
+        "the retention is the configured one: {left} ms"
+    );
+}

@@ -201,3 +201,60 @@ fn bff_serve_refuses_a_cluster_url_without_nodes() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn bff_events_tail_prints_the_outbox_events_of_an_order() {
+    let namespace = crate::store::unique_namespace("events-tail");
+    let url = crate::store::redis_url();
+    let app = crate::helpers::spawn_app_with({
+        let (namespace, url) = (namespace.clone(), url.clone());
+        move |s| {
+            s.redis_url = Some(url);
+            s.store.namespace = namespace;
+        }
+    })
+    .await;
+    let cart = serde_json::json!({ "mallId": "mall-1", "storeId": "store-1", "billAmount": 5_000 });
+    let (_, body) = app
+        .query_vars(
+            "mutation($input: CheckoutInput!) { checkout(input: $input) { order { id } } }",
+            serde_json::json!({ "input": { "cart": cart, "idempotencyKey": "tail-1" } }),
+            Some(&app.token("member-1")),
+        )
+        .await;
+    let id = body["data"]["checkout"]["order"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+
+    let output = bff()
+        .args(["events", "tail"])
+        .env("BFF_ENVIRONMENT", "development")
+        .env("BFF_REDIS_URL", &url)
+        .env("BFF_STORE__NAMESPACE", &namespace)
+        .output()
+        .unwrap();
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["order"] == id.as_str())
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["order.created", "order.reserved", "order.awaiting_payment"],
+        "{events:?}"
+    );
+    assert!(events.iter().all(|e| e["scope"] == "demo/mall-1"));
+    assert_eq!(events[0]["body"]["id"], id.as_str());
+}
