@@ -91,6 +91,9 @@ pub mod code {
     pub const SOLD_OUT: &str = "SOLD_OUT";
     /// The member would buy more of a flash-sale SKU than allowed.
     pub const PURCHASE_LIMIT_EXCEEDED: &str = "PURCHASE_LIMIT_EXCEEDED";
+    /// A flash-sale SKU bought outside its sale's window (before it opens
+    /// or after it closes).
+    pub const SALE_NOT_OPEN: &str = "SALE_NOT_OPEN";
     /// The member has fewer points than the order uses.
     pub const INSUFFICIENT_POINTS: &str = "INSUFFICIENT_POINTS";
     /// The member's wallet balance is less than the order uses.

@@ -17,6 +17,10 @@ pub enum CheckoutError {
     /// The member would buy more of a SKU than its sale allows.
     #[error("`{0}` has a per-member limit and this order would exceed it")]
     PurchaseLimitExceeded(String),
+    /// A flash-sale SKU outside its sale's window: it is sold only while
+    /// the sale is open, at the sale's price.
+    #[error("`{0}` is on a flash sale that is not open now")]
+    SaleNotOpen(String),
     /// Fewer points than the order uses.
     #[error("not enough points")]
     InsufficientPoints,
@@ -78,6 +82,7 @@ impl CheckoutError {
             CheckoutError::BadInput(_) => code::BAD_USER_INPUT,
             CheckoutError::SoldOut(_) => code::SOLD_OUT,
             CheckoutError::PurchaseLimitExceeded(_) => code::PURCHASE_LIMIT_EXCEEDED,
+            CheckoutError::SaleNotOpen(_) => code::SALE_NOT_OPEN,
             CheckoutError::InsufficientPoints => code::INSUFFICIENT_POINTS,
             CheckoutError::InsufficientBalance => code::INSUFFICIENT_BALANCE,
             CheckoutError::IdempotencyKeyReused => code::IDEMPOTENCY_KEY_REUSED,
@@ -100,6 +105,8 @@ impl CheckoutError {
         matches!(
             self,
             CheckoutError::Upstream(_)
+                // The same key may buy once the sale opens.
+                | CheckoutError::SaleNotOpen(_)
                 | CheckoutError::Store
                 | CheckoutError::PriceDegraded
                 | CheckoutError::Crashed

@@ -379,6 +379,9 @@ impl Checkout {
                     ))
                 })?;
             let (stock, limit) = match &product.flash_sale {
+                Some(sale) if !sale.is_open(chrono::Utc::now()) => {
+                    return Err(CheckoutError::SaleNotOpen(item.product.to_string()));
+                }
                 Some(sale) => (sale.stock, sale.per_member_limit),
                 None => (product.stock, 0),
             };

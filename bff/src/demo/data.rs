@@ -43,6 +43,11 @@ pub fn flash_limit(sku: &str) -> u32 {
 const FLASH_OPEN: i64 = 1_767_225_600;
 /// 2030-01-01T00:00:00Z: flash windows close here.
 const FLASH_CLOSE: i64 = 1_893_456_000;
+/// A sale announced but not open yet: its window opens at
+/// [`UPCOMING_FLASH_OPEN`], so buying it now is `SALE_NOT_OPEN`.
+pub const UPCOMING_FLASH: &str = "sku-flash-15";
+/// 2029-06-01T00:00:00Z: the upcoming sale opens here.
+const UPCOMING_FLASH_OPEN: i64 = 1_874_966_400;
 
 /// A mall as the mall service sends it.
 #[derive(Debug, Clone, Serialize)]
@@ -280,7 +285,11 @@ impl DemoData {
                 let tag = *TAGS.choose(&mut rng).unwrap_or(&"new");
                 let flash = is_flash.then(|| FlashRecord {
                     flash_price_fen: list_price_fen / 2,
-                    start_at: FLASH_OPEN,
+                    start_at: if sku_id == UPCOMING_FLASH {
+                        UPCOMING_FLASH_OPEN
+                    } else {
+                        FLASH_OPEN
+                    },
                     end_at: FLASH_CLOSE,
                     flash_stock: FLASH_STOCK,
                     per_member_limit: flash_limit(&sku_id),

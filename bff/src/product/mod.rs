@@ -59,6 +59,14 @@ pub struct FlashSale {
     pub per_member_limit: u32,
 }
 
+impl FlashSale {
+    /// Whether the sale's window is open at `now` (from its start, up to
+    /// but excluding its end). A flash-sale SKU is sold only then.
+    pub fn is_open(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.starts_at.0 <= now && now < self.ends_at.0
+    }
+}
+
 /// A product's flash sale as clients see it: the window, and what is left
 /// of it now (the checkout's stock, which is the admission gate).
 pub struct FlashSaleView<'a> {
@@ -90,8 +98,13 @@ impl FlashSaleView<'_> {
         self.sale.per_member_limit
     }
     /// Units still sellable now: the sale's stock less what unpaid and paid
-    /// orders hold (units of cancelled or expired orders come back).
+    /// orders hold (units of cancelled or expired orders come back); 0
+    /// outside the sale's window.
     async fn remaining(&self, ctx: &Context<'_>) -> Result<u32> {
+        if !self.sale.is_open(chrono::Utc::now()) {
+            // Nothing is sellable before the window opens or after it ends.
+            return Ok(0);
+        }
         let req = request(ctx)?;
         let checkout = req.checkout.as_ref().ok_or_else(|| {
             tracing::error!("checkout service missing from the request context");

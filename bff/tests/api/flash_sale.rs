@@ -179,3 +179,35 @@ async fn every_new_redis_namespace_opens_the_flash_sale_with_its_whole_stock() {
     assert_eq!(bought["errors"], Value::Null, "{bought}");
     assert_eq!(remaining(&b, "sku-flash-1").await, 99);
 }
+
+#[tokio::test]
+async fn a_sale_that_is_not_open_yet_sells_nothing_and_has_nothing_remaining() {
+    let app = spawn_app().await;
+    let sku = bff::demo::data::UPCOMING_FLASH;
+
+    let page = product(&app, sku).await;
+    let sale = &page["data"]["product"]["flashSale"];
+    assert_eq!(sale["stock"], 100, "{page}");
+    assert_eq!(sale["remaining"], 0, "{page}");
+
+    let cart = json!({ "mallId": "mall-3", "items": [{ "productId": sku, "quantity": 1 }] });
+    for _ in 0..2 {
+        // The same key again: the refusal is not kept, so the key may buy
+        // once the sale opens.
+        let (_, body) = app
+            .query_vars(
+                CHECKOUT,
+                json!({ "input": { "cart": cart, "idempotencyKey": "early-1" } }),
+                Some(&app.token("member-51")),
+            )
+            .await;
+        assert_eq!(codes(&body), ["SALE_NOT_OPEN"], "{body}");
+        assert_eq!(body["data"], Value::Null, "{body}");
+    }
+    // An open sale of the same mall still sells.
+    let open = product(&app, "sku-flash-11").await;
+    assert_eq!(
+        open["data"]["product"]["flashSale"]["remaining"], 100,
+        "{open}"
+    );
+}
