@@ -21,10 +21,19 @@ end
 return 0
 "#;
 
+/// How long a general store operation (rule registry, persisted queries)
+/// may wait for Redis, to connect or to answer: with Redis down, callers
+/// learn it at once (`STORE_UNAVAILABLE`) rather than after the client's
+/// reconnection backoff, and reads go on with what the node holds.
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A store shared by every node through Redis.
 #[derive(Clone)]
 pub struct RedisStore {
+    /// General operations: short timeouts.
     connection: ConnectionManager,
+    /// The checkout's scripts: a longer response timeout (see `connect`).
+    checkout_connection: ConnectionManager,
     namespace: String,
     events: broadcast::Sender<Event>,
     cas: redis::Script,
@@ -44,18 +53,30 @@ impl RedisStore {
     /// `<namespace>:<space>`; events travel on `<namespace>:events`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::from_display)?;
+        // A lost connection is re-established in the background, but a
+        // command waits for that attempt: one quick retry, bounded connect
+        // time, so a command on a dead Redis fails within about a second
+        // (the client's default backoff waits ~9 s).
+        let reconnect = || {
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(STORE_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(200))
+        };
+        let connection = manager(
+            &client,
+            reconnect().set_response_timeout(Some(STORE_TIMEOUT)),
+        )
+        .await?;
         // Replies to a checkout script can take longer than the client's
         // default half second on a loaded box, and a timed-out script may
         // still have run: wait longer rather than report an ambiguous error.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let connection = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_connection_manager_with_config(config),
+        let checkout_connection = manager(
+            &client,
+            reconnect().set_response_timeout(Some(Duration::from_secs(5))),
         )
-        .await
-        .map_err(|_| StoreError("timed out connecting to Redis".into()))?
-        .map_err(StoreError::from_display)?;
+        .await?;
         let (events, _) = broadcast::channel(1024);
         let channel = format!("{namespace}:events");
         // Subscribe before returning, so no event published after `connect`
@@ -64,6 +85,7 @@ impl RedisStore {
         tokio::spawn(listen(client, channel, events.clone(), first));
         Ok(Self {
             connection,
+            checkout_connection,
             namespace: namespace.to_owned(),
             events,
             cas: redis::Script::new(CAS),
@@ -76,9 +98,9 @@ impl RedisStore {
         &self.namespace
     }
 
-    /// A handle on the shared connection.
+    /// A handle on the checkout's connection.
     pub(super) fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+        self.checkout_connection.clone()
     }
 
     /// The checkout's scripts.
@@ -95,6 +117,19 @@ impl RedisStore {
     fn expiring_key(&self, space: &str, key: &str) -> String {
         format!("{}:x:{space}:{key}", self.namespace)
     }
+}
+
+async fn manager(
+    client: &redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+) -> Result<ConnectionManager, StoreError> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| StoreError("timed out connecting to Redis".into()))?
+    .map_err(StoreError::from_display)
 }
 
 async fn subscribe(

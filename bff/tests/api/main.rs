@@ -14,6 +14,7 @@ mod isolation;
 mod limits;
 mod playground;
 mod products;
+mod resilience;
 mod rules;
 mod schema;
 mod server;
