@@ -682,16 +682,16 @@ mod tests {
         )
     }
 
-    fn url(e: &Endpoint, path: &[&str]) -> Result<Url, UpstreamError> {
+    fn url_of(e: &Endpoint, path: &[&str]) -> Result<Url, UpstreamError> {
         e.url(&e.shared_route.base, path)
     }
 
     #[test]
     fn path_segments_are_percent_encoded_below_the_base_path() {
         let e = endpoint("http://mall.internal/api");
-        let url = url(&e, &["tenants", "demo", "malls"]).unwrap();
+        let url = url_of(&e, &["tenants", "demo", "malls"]).unwrap();
         assert_eq!(url.as_str(), "http://mall.internal/api/tenants/demo/malls");
-        let url = url(&e, &["tenants", "a/b?c#d e%"]).unwrap();
+        let url = url_of(&e, &["tenants", "a/b?c#d e%"]).unwrap();
         assert_eq!(
             url.as_str(),
             "http://mall.internal/api/tenants/a%2Fb%3Fc%23d%20e%25"
@@ -704,7 +704,7 @@ mod tests {
         for bad in [".", "..", ""] {
             assert!(
                 matches!(
-                    url(&e, &["tenants", bad, "malls"]),
+                    url_of(&e, &["tenants", bad, "malls"]),
                     Err(UpstreamError::BadResponse("mall"))
                 ),
                 "{bad:?}"
