@@ -1135,6 +1135,55 @@ mod tests {
     }
 
     #[test]
+    fn budget_retries_breakers_and_tenant_upstreams_load_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bff.toml",
+                r#"
+                [upstreams]
+                request_budget_ms = 600
+                [upstreams.retry]
+                max_retries = 2
+                [upstreams.breaker]
+                open_ms = 2000
+                [upstreams.tenants.acme.member]
+                base_url = "http://crm.acme.internal/api/"
+                timeout_ms = 300
+                "#,
+            )?;
+            let settings =
+                Settings::load(Some(Path::new("bff.toml"))).map_err(|e| e.to_string())?;
+            let u = &settings.upstreams;
+            assert_eq!(u.request_budget(), Duration::from_millis(600));
+            assert_eq!(u.retry.max_retries, 2);
+            assert_eq!(u.breaker.open_ms, 2000);
+            let acme = &u.tenants[&TenantId::parse("acme").unwrap()];
+            let (name, member) = acme.iter().next().unwrap();
+            assert_eq!(name, "member");
+            assert_eq!(member.timeout_ms, Some(300));
+            assert!(acme.mall.is_none());
+
+            jail.set_env("BFF_UPSTREAMS__BREAKER__MIN_CALLS", "100");
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("min_calls"), "{err}");
+            jail.set_env("BFF_UPSTREAMS__BREAKER__MIN_CALLS", "10");
+            jail.set_env("BFF_UPSTREAMS__RETRY__BUDGET_RATIO", "1.5");
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("budget_ratio"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bff.toml",
+                "[upstreams.tenants.acme.crm]\nbase_url = \"http://x/\"\n",
+            )?;
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("crm"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_secret_never_appears_in_debug_output() {
         let settings = Settings::default();
         assert!(!format!("{settings:?}").contains(DEV_JWT_SECRET));
