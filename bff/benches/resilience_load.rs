@@ -166,37 +166,24 @@ async fn run() {
 
     println!("| scenario | cards | cards/s | p50 | p99 | complete | upstream requests / card |");
     println!("|---|---|---|---|---|---|---|");
-    let scenarios: [(&str, Box<dyn Fn(&ServiceControl, usize)>); 3] = [
-        (
-            "fault-free",
-            Box::new(|c, _| c.set_faults(FaultSettings::default())),
-        ),
-        (
-            "20 % upstream errors",
-            Box::new(|c, _| {
-                c.set_faults(FaultSettings {
-                    error_rate: 0.2,
-                    ..FaultSettings::default()
-                })
-            }),
-        ),
-        (
-            "member service hangs",
-            Box::new(|c, i| {
-                c.set_faults(if i == 1 {
-                    FaultSettings {
-                        latency_ms: 60_000,
-                        ..FaultSettings::default()
-                    }
-                } else {
-                    FaultSettings::default()
-                })
-            }),
-        ),
+    let none = FaultSettings::default();
+    let errors = FaultSettings {
+        error_rate: 0.2,
+        ..none
+    };
+    let hang = FaultSettings {
+        latency_ms: 60_000,
+        ..none
+    };
+    // Faults of the mall, member and product services.
+    let scenarios = [
+        ("fault-free", [none, none, none]),
+        ("20 % upstream errors", [errors, errors, errors]),
+        ("member service hangs", [none, hang, none]),
     ];
     for (name, faults) in scenarios {
-        for (i, c) in controls.iter().enumerate() {
-            faults(c, i);
+        for (c, f) in controls.iter().zip(faults) {
+            c.set_faults(f);
         }
         let r = drive(&url, &tokens, &controls, conns, secs).await;
         println!(

@@ -332,11 +332,14 @@ pub struct BreakerStatus {
     pub state: &'static str,
 }
 
+/// A breaker's (tenant, upstream).
+type BreakerKey = (String, &'static str);
+
 /// Every breaker of the node, the retry metrics, and the settings.
 #[derive(Clone)]
 pub struct Guard {
     settings: BreakerSettings,
-    breakers: Arc<Mutex<HashMap<(String, &'static str), Arc<Entry>>>>,
+    breakers: Arc<Mutex<HashMap<BreakerKey, Arc<Entry>>>>,
     metrics: ResilienceMetrics,
 }
 
