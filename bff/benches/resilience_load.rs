@@ -136,7 +136,6 @@ async fn run() {
     let data = tempfile::tempdir().expect("temp dir");
     settings.store.data_dir = data.path().to_path_buf();
     settings.log.filter = "error".into();
-    settings.upstreams.member.timeout_ms = 20_000;
     let budget = settings.upstreams.request_budget_ms;
     let app = Application::build(settings).await.expect("app builds");
     let url = format!("http://127.0.0.1:{}", app.port());

@@ -436,7 +436,9 @@ pub struct RetrySettings {
     pub max_retries: u32,
     /// Delay before the first retry, in milliseconds; it doubles with each
     /// further retry, with random jitter. A retry only starts if the
-    /// request's budget leaves time for it.
+    /// request's budget leaves time for it. Short: the retry budget is what
+    /// spares a failing upstream; the delay only spreads retries apart, and
+    /// a card waits for it.
     pub min_delay_ms: u64,
     /// Longest delay between two tries, in milliseconds.
     pub max_delay_ms: u64,
@@ -452,8 +454,8 @@ impl Default for RetrySettings {
     fn default() -> Self {
         Self {
             max_retries: 3,
-            min_delay_ms: 10,
-            max_delay_ms: 100,
+            min_delay_ms: 2,
+            max_delay_ms: 50,
             budget_ratio: 0.2,
             budget_min_per_sec: 5,
         }

@@ -127,6 +127,8 @@ struct Shared {
     metrics: Metrics,
     guard: Guard,
     retry: RetrySettings,
+    /// The configured request budget (a client may ask for less).
+    request_budget: Duration,
 }
 
 /// How one try ended, for the retry loop.
@@ -290,11 +292,14 @@ impl Endpoint {
             .upstream_call(self.name, endpoint, outcome, started.elapsed());
         if let (Some(tenant), Some(permit)) = (tenant, permit) {
             let failed = match &result {
-                // A try cut short by the request's budget says little about
-                // the service (a client may ask for a tiny budget): only a
-                // probe's outcome must always be settled.
+                // A try cut short by a budget a client asked for says little
+                // about the service (it may ask for a tiny one): a timeout
+                // counts when the try had at least half of the upstream's
+                // timeout or of the configured budget. A probe's outcome is
+                // always settled.
                 Err(UpstreamError::Timeout(_)) => {
-                    timeout * 2 >= route.timeout || permit == resilience::Permit::Probe
+                    timeout * 2 >= route.timeout.min(self.shared.request_budget)
+                        || permit == resilience::Permit::Probe
                 }
                 Err(UpstreamError::Unavailable(_) | UpstreamError::BadResponse(_)) => true,
                 Ok(_) | Err(UpstreamError::Rejected(_)) => false,
@@ -579,6 +584,7 @@ impl Upstreams {
             metrics,
             guard: guard.clone(),
             retry: settings.retry.clone(),
+            request_budget: settings.request_budget(),
         };
         let endpoint = |name: &'static str, base: &Url, upstream: &UpstreamSettings| {
             let routes: HashMap<String, Route> = settings
@@ -673,6 +679,7 @@ mod tests {
             guard: Guard::new(&Default::default(), &metrics),
             metrics,
             retry: RetrySettings::default(),
+            request_budget: Duration::from_secs(1),
         };
         Endpoint::new(
             "mall",

@@ -74,6 +74,7 @@ impl OrderClient {
                     // recovery; a breaker would only delay them.
                     guard: super::Guard::disabled(),
                     retry: Default::default(),
+                    request_budget: settings.timeout(),
                 },
             ),
         }
