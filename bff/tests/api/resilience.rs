@@ -195,6 +195,37 @@ async fn a_client_may_ask_for_a_smaller_budget_but_never_a_larger_one() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn dataloader_batches_keep_the_requests_deadline() {
+    // `mall(id:)` root fields are batched by a DataLoader, whose batches
+    // run in tasks of their own.
+    let app = spawn_app_with(|s| {
+        s.upstreams.mall.timeout_ms = 20_000;
+        s.cache.reference_ttl_secs = 0;
+    })
+    .await;
+    app.mall.set_faults(FaultSettings {
+        latency_ms: 60_000,
+        ..FaultSettings::default()
+    });
+
+    let started = Instant::now();
+    let (status, body) = app
+        .query(
+            r#"{ a: mall(id: "mall-1") { id } b: mall(id: "mall-2") { id } }"#,
+            None,
+        )
+        .await;
+    let took = started.elapsed();
+
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        !codes(&body).is_empty() && codes(&body).iter().all(|c| c == "UPSTREAM_TIMEOUT"),
+        "{body}"
+    );
+}
+
 /// Renders `n` cards for `n` members, four at a time; returns how many
 /// came back complete.
 async fn render_cards(app: &TestApp, n: usize) -> usize {
