@@ -358,6 +358,19 @@ pub struct UpstreamsSettings {
     pub product: UpstreamSettings,
     /// Largest number of idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
+    /// Time one request (a whole card) may take, in milliseconds: every
+    /// upstream call of the request gets at most what is left of it. A
+    /// client may ask for less with the `X-Request-Budget-Ms` header, never
+    /// for more.
+    pub request_budget_ms: u64,
+    /// Retries of idempotent reads.
+    pub retry: RetrySettings,
+    /// Circuit breakers, one per (tenant, upstream).
+    pub breaker: BreakerSettings,
+    /// Per-tenant upstreams, by tenant id: a tenant's own member (CRM),
+    /// mall or product service at its own base URL and timeout. Upstreams
+    /// a tenant does not name are the shared ones above.
+    pub tenants: std::collections::HashMap<TenantId, TenantUpstreams>,
 }
 
 impl Default for UpstreamsSettings {
@@ -367,6 +380,121 @@ impl Default for UpstreamsSettings {
             member: UpstreamSettings::default(),
             product: UpstreamSettings::default(),
             pool_max_idle_per_host: 64,
+            request_budget_ms: 1_000,
+            retry: RetrySettings::default(),
+            breaker: BreakerSettings::default(),
+            tenants: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl UpstreamsSettings {
+    /// The request budget.
+    pub fn request_budget(&self) -> Duration {
+        Duration::from_millis(self.request_budget_ms)
+    }
+}
+
+/// A tenant's own upstream services; unnamed ones are the shared ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantUpstreams {
+    /// The tenant's mall service.
+    pub mall: Option<TenantUpstream>,
+    /// The tenant's member (CRM) service.
+    pub member: Option<TenantUpstream>,
+    /// The tenant's product service.
+    pub product: Option<TenantUpstream>,
+}
+
+impl TenantUpstreams {
+    /// The overridden upstreams with their names, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &TenantUpstream)> {
+        [
+            ("mall", &self.mall),
+            ("member", &self.member),
+            ("product", &self.product),
+        ]
+        .into_iter()
+        .filter_map(|(name, u)| u.as_ref().map(|u| (name, u)))
+    }
+}
+
+/// One tenant's own upstream service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUpstream {
+    /// Base URL of the tenant's service.
+    pub base_url: Url,
+    /// Time allowed for one call, in milliseconds. Unset: the shared
+    /// upstream's `timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Retries of idempotent reads (GETs). Commands (holds, orders) are never
+/// retried here: they have their own request keys and recovery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Most retries of one call (0 turns retries off).
+    pub max_retries: u32,
+    /// Delay before the first retry, in milliseconds; it doubles with each
+    /// further retry, with random jitter. A retry only starts if the
+    /// request's budget leaves time for it. Short: the retry budget is what
+    /// spares a failing upstream; the delay only spreads retries apart, and
+    /// a card waits for it.
+    pub min_delay_ms: u64,
+    /// Longest delay between two tries, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Retries allowed as a share of calls, per upstream (the retry
+    /// budget), so a failing upstream is not hit much harder than usual.
+    pub budget_ratio: f32,
+    /// Retries per second always allowed per upstream, whatever the ratio
+    /// (so a quiet upstream can still be retried).
+    pub budget_min_per_sec: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            min_delay_ms: 2,
+            max_delay_ms: 50,
+            budget_ratio: 0.2,
+            budget_min_per_sec: 5,
+        }
+    }
+}
+
+/// Circuit breakers: one per (tenant, upstream). A breaker opens when, of
+/// the last `window` calls (at least `min_calls`), a share of
+/// `failure_ratio` or more failed; while open, calls fail at once with
+/// `UPSTREAM_UNAVAILABLE`. After `open_ms` one probe call is let through
+/// (half-open): its success closes the breaker, its failure opens it again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Whether breakers are used.
+    pub enabled: bool,
+    /// Calls remembered.
+    pub window: usize,
+    /// Fewest calls in the window before the breaker may open.
+    pub min_calls: usize,
+    /// Share of failed calls in the window that opens the breaker.
+    pub failure_ratio: f64,
+    /// How long the breaker stays open before a probe, in milliseconds.
+    pub open_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: 40,
+            min_calls: 20,
+            failure_ratio: 0.5,
+            open_ms: 5_000,
         }
     }
 }
@@ -409,6 +537,9 @@ pub struct DemoSettings {
     pub size: u32,
     /// Faults injected into every demo service.
     pub faults: FaultSettings,
+    /// Further tenants served with the demo tenant's data (for trying
+    /// several tenants, e.g. a tenant's own upstreams).
+    pub extra_tenants: Vec<TenantId>,
 }
 
 impl Default for DemoSettings {
@@ -417,6 +548,7 @@ impl Default for DemoSettings {
             seed: 42,
             size: 1,
             faults: FaultSettings::default(),
+            extra_tenants: Vec::new(),
         }
     }
 }
@@ -735,6 +867,7 @@ impl Settings {
                 )));
             }
         }
+        self.check_resilience()?;
         let server = &self.server;
         for (key, value) in [
             ("header_read_timeout_ms", server.header_read_timeout_ms),
@@ -757,6 +890,52 @@ impl Settings {
             return Err(ConfigError::Inconsistent(
                 "server.max_header_bytes must be at least 8192".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Request budget, retries, breakers and tenant upstreams.
+    fn check_resilience(&self) -> Result<(), ConfigError> {
+        let u = &self.upstreams;
+        let bad = |msg: String| Err(ConfigError::Inconsistent(msg));
+        if !(1..=600_000).contains(&u.request_budget_ms) {
+            return bad("upstreams.request_budget_ms must be between 1 and 600000".into());
+        }
+        if u.retry.max_retries > 10 {
+            return bad("upstreams.retry.max_retries must be at most 10".into());
+        }
+        if u.retry.min_delay_ms == 0 || u.retry.max_delay_ms < u.retry.min_delay_ms {
+            return bad(
+                "upstreams.retry.min_delay_ms must be positive and at most max_delay_ms".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&u.retry.budget_ratio) {
+            return bad("upstreams.retry.budget_ratio must be between 0.0 and 1.0".into());
+        }
+        let b = &u.breaker;
+        if b.window == 0 || b.min_calls == 0 || b.min_calls > b.window || b.window > 10_000 {
+            return bad(
+                "upstreams.breaker.window and min_calls must be positive, min_calls at most \
+                 window, window at most 10000"
+                    .into(),
+            );
+        }
+        if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+            return bad("upstreams.breaker.failure_ratio must be in (0.0, 1.0]".into());
+        }
+        if b.open_ms == 0 {
+            return bad("upstreams.breaker.open_ms must be positive".into());
+        }
+        for (tenant, overrides) in &u.tenants {
+            for (name, upstream) in overrides.iter() {
+                if upstream.timeout_ms == Some(0) {
+                    return bad(format!(
+                        "upstreams.tenants.{tenant}.{name}.timeout_ms must be positive"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -981,6 +1160,55 @@ mod tests {
             jail.set_env("BFF_CHECKOUT__PAYMENT_SECRETS__DEMO", "whsec_private");
             let settings = Settings::load(None).unwrap();
             assert!(settings.checkout.payment_secrets.contains_key("demo"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn budget_retries_breakers_and_tenant_upstreams_load_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bff.toml",
+                r#"
+                [upstreams]
+                request_budget_ms = 600
+                [upstreams.retry]
+                max_retries = 2
+                [upstreams.breaker]
+                open_ms = 2000
+                [upstreams.tenants.acme.member]
+                base_url = "http://crm.acme.internal/api/"
+                timeout_ms = 300
+                "#,
+            )?;
+            let settings =
+                Settings::load(Some(Path::new("bff.toml"))).map_err(|e| e.to_string())?;
+            let u = &settings.upstreams;
+            assert_eq!(u.request_budget(), Duration::from_millis(600));
+            assert_eq!(u.retry.max_retries, 2);
+            assert_eq!(u.breaker.open_ms, 2000);
+            let acme = &u.tenants[&TenantId::parse("acme").unwrap()];
+            let (name, member) = acme.iter().next().unwrap();
+            assert_eq!(name, "member");
+            assert_eq!(member.timeout_ms, Some(300));
+            assert!(acme.mall.is_none());
+
+            jail.set_env("BFF_UPSTREAMS__BREAKER__MIN_CALLS", "100");
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("min_calls"), "{err}");
+            jail.set_env("BFF_UPSTREAMS__BREAKER__MIN_CALLS", "10");
+            jail.set_env("BFF_UPSTREAMS__RETRY__BUDGET_RATIO", "1.5");
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("budget_ratio"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bff.toml",
+                "[upstreams.tenants.acme.crm]\nbase_url = \"http://x/\"\n",
+            )?;
+            let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+            assert!(err.to_string().contains("crm"), "{err}");
             Ok(())
         });
     }

@@ -21,8 +21,14 @@ pub mod code {
     pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
     /// The addressed object does not exist (for this tenant).
     pub const NOT_FOUND: &str = "NOT_FOUND";
-    /// An upstream service failed, timed out or is down.
+    /// An upstream service failed or is down (or its circuit breaker is
+    /// open).
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    /// An upstream service did not answer within its timeout or the
+    /// request's budget.
+    pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+    /// The BFF's own store (Redis) cannot be reached; retry shortly.
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     /// The request body is not a GraphQL document.
     pub const GRAPHQL_PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
     /// The document does not validate against the schema.
@@ -164,6 +170,7 @@ impl ApiError {
             ApiError::Forbidden(_) => code::FORBIDDEN,
             ApiError::BadInput(_) => code::BAD_USER_INPUT,
             ApiError::NotFound { .. } => code::NOT_FOUND,
+            ApiError::Upstream(UpstreamError::Timeout(_)) => code::UPSTREAM_TIMEOUT,
             ApiError::Upstream(_) => code::UPSTREAM_UNAVAILABLE,
             ApiError::RuleFailed { .. } => code::RULE_FAILED,
             ApiError::Coded { code, .. } => code,
@@ -196,12 +203,22 @@ impl From<InvalidInput> for ApiError {
 
 impl From<crate::pricing::registry::RegistryError> for ApiError {
     fn from(err: crate::pricing::registry::RegistryError) -> Self {
-        if let crate::pricing::registry::RegistryError::Store(cause) = &err {
-            tracing::error!(error = %cause, "rule registry store failure");
-            return ApiError::Coded {
-                code: code::INTERNAL_SERVER_ERROR,
-                message: "the rule registry is unavailable".into(),
-            };
+        match &err {
+            crate::pricing::registry::RegistryError::Store(cause) => {
+                tracing::error!(error = %cause, "rule registry store failure");
+                return ApiError::Coded {
+                    code: code::STORE_UNAVAILABLE,
+                    message: "the rule registry's store is unavailable; retry shortly".into(),
+                };
+            }
+            crate::pricing::registry::RegistryError::Internal(cause) => {
+                tracing::error!(error = %cause, "rule registry failure");
+                return ApiError::Coded {
+                    code: code::INTERNAL_SERVER_ERROR,
+                    message: "internal error".into(),
+                };
+            }
+            _ => {}
         }
         ApiError::Coded {
             code: err.code(),

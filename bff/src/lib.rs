@@ -25,9 +25,10 @@
 //! * [`outbox`] — delivers order events to the order service.
 //! * [`home`] — the home card: a whole screen in one round trip.
 //! * [`upstream`] — one client per upstream service (anti-corruption
-//!   layer).
-//! * [`http`] — playground, health, readiness, metrics; the HTTP server
-//!   and its connection limits.
+//!   layer), each call under the request's deadline, retried within a
+//!   retry budget, behind a circuit breaker per (tenant, upstream).
+//! * [`http`] — playground, health, readiness, operator status, metrics;
+//!   the HTTP server and its connection limits.
 //! * [`metrics`] — the instance's Prometheus registry.
 //! * [`demo`] — demo upstream services and their generated data set.
 

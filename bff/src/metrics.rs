@@ -22,7 +22,8 @@ pub struct CallLabels {
     pub upstream: &'static str,
     /// The endpoint, e.g. `stores.batch`.
     pub endpoint: &'static str,
-    /// `ok`, `not_found`, `rejected`, `error` or `timeout`.
+    /// `ok`, `not_found`, `rejected`, `error`, `timeout` or `deadline`
+    /// (not sent: the request's budget was spent).
     pub outcome: &'static str,
 }
 
@@ -257,6 +258,20 @@ impl Metrics {
                 outcome: if ok { "ok" } else { "error" },
             })
             .inc();
+    }
+
+    /// Registers a metric that another module keeps (it updates its own
+    /// handle; this registry only encodes it).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register(name, help, metric);
     }
 
     /// The metrics in the OpenMetrics text format.

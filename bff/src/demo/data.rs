@@ -178,13 +178,22 @@ impl TenantData {
 /// The demo data of every tenant.
 #[derive(Debug, Default)]
 pub struct DemoData {
-    tenants: HashMap<String, TenantData>,
+    tenants: HashMap<String, std::sync::Arc<TenantData>>,
 }
 
 impl DemoData {
     /// A tenant's data; unknown tenants have none (and see nothing).
     pub fn tenant(&self, tenant: &str) -> Option<&TenantData> {
-        self.tenants.get(tenant)
+        self.tenants.get(tenant).map(|t| &**t)
+    }
+
+    /// Serves the demo tenant's data under `tenant` too (a second tenant
+    /// for multi-tenant trials: same malls, members and products).
+    pub fn also_as(mut self, tenant: &str) -> Self {
+        if let Some(data) = self.tenants.get(DEMO_TENANT).cloned() {
+            self.tenants.insert(tenant.to_owned(), data);
+        }
+        self
     }
 
     /// Generates the demo tenant. The same `seed` and `size` always give
@@ -383,7 +392,7 @@ impl DemoData {
         }
 
         let mut tenants = HashMap::new();
-        tenants.insert(DEMO_TENANT.to_owned(), t);
+        tenants.insert(DEMO_TENANT.to_owned(), std::sync::Arc::new(t));
         Self { tenants }
     }
 }

@@ -46,7 +46,7 @@ impl DemoUpstreams {
     /// Generates the data set and starts the three services on ephemeral
     /// loopback ports.
     pub async fn start(settings: &DemoSettings) -> std::io::Result<Self> {
-        let data = Arc::new(DemoData::generate(settings.seed, settings.size));
+        let data = Arc::new(settings.data());
         let mut services = Vec::new();
         for service in Service::ALL {
             let control = ServiceControl::new(settings.faults);
@@ -89,6 +89,17 @@ impl Drop for DemoUpstreams {
     }
 }
 
+impl DemoSettings {
+    /// The data set these settings describe.
+    fn data(&self) -> DemoData {
+        self.extra_tenants
+            .iter()
+            .fold(DemoData::generate(self.seed, self.size), |data, tenant| {
+                data.also_as(tenant.as_str())
+            })
+    }
+}
+
 /// Serves the three demo services on one listener, under `/mall`,
 /// `/member` and `/product`, until the process is stopped.
 pub async fn serve_standalone(
@@ -96,7 +107,7 @@ pub async fn serve_standalone(
     settings: &DemoSettings,
     faults: FaultSettings,
 ) -> std::io::Result<()> {
-    let data = Arc::new(DemoData::generate(settings.seed, settings.size));
+    let data = Arc::new(settings.data());
     let mut app = axum::Router::new();
     for service in Service::ALL {
         let control = ServiceControl::new(faults);

@@ -21,6 +21,11 @@
 //!   `408 REQUEST_TIMEOUT`, and a presented but invalid
 //!   token `401 UNAUTHENTICATED` (no token at all is fine: the request is
 //!   anonymous).
+//! * **Budget.** A request runs under a deadline: the configured request
+//!   budget, or less when the client sends `X-Request-Budget-Ms` (a
+//!   malformed value is `400 BAD_REQUEST`). Every upstream call of the
+//!   request waits at most what is left of it
+//!   ([`crate::upstream::resilience`]).
 //! * **Documents** are resolved through persisted queries (APQ and the
 //!   safelist, [`super::persisted`]) and checked by the document guard
 //!   before anything recursive runs on them.
@@ -45,6 +50,7 @@ use crate::auth::Principal;
 use crate::error::{code, coded};
 use crate::pricing::model::Channel;
 use crate::startup::AppState;
+use crate::upstream::resilience::within;
 
 /// The response media types the endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +191,27 @@ fn channel_of(headers: &HeaderMap) -> Option<Channel> {
     }
 }
 
+/// The header a client sends to ask for a smaller request budget.
+pub const BUDGET_HEADER: &str = "x-request-budget-ms";
+
+/// The request's budget: the configured one, or less when the client asks
+/// for less with `X-Request-Budget-Ms` (never more).
+fn request_budget(
+    headers: &HeaderMap,
+    configured: std::time::Duration,
+) -> Result<std::time::Duration, &'static str> {
+    let Some(value) = headers.get(BUDGET_HEADER) else {
+        return Ok(configured);
+    };
+    let millis = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .ok_or("X-Request-Budget-Ms must be a positive number of milliseconds")?;
+    Ok(configured.min(std::time::Duration::from_millis(millis)))
+}
+
 /// Whether a POST's `Content-Type` is JSON (`application/json`, with at
 /// most a UTF-8 charset).
 /// Whether reading the body failed because the server's body read
@@ -292,6 +319,13 @@ pub async fn graphql(
             "X-Channel must be app, mini-program, web or pos",
         );
     };
+    let budget = match request_budget(&headers, app.settings().upstreams.request_budget()) {
+        Ok(budget) => budget,
+        Err(message) => {
+            return error_response_as(media, StatusCode::BAD_REQUEST, code::BAD_REQUEST, message);
+        }
+    };
+    let deadline = std::time::Instant::now() + budget;
     // A header that is not visible ASCII cannot equal any valid key: it is
     // kept as empty text, so a checkout sent with it is refused rather than
     // run under the input's key alone.
@@ -386,7 +420,7 @@ pub async fn graphql(
 
     match requests {
         Requests::Single(request) => {
-            let outcome = run_one(&app, &caller, *request, &method).await;
+            let outcome = within(deadline, run_one(&app, &caller, *request, &method)).await;
             match outcome {
                 Outcome::MutationOverGet => {
                     let mut resp = error_response_as(
@@ -410,10 +444,13 @@ pub async fn graphql(
             }
         }
         Requests::Batch(batch) => {
-            let outcomes = futures::future::join_all(
-                batch
-                    .into_iter()
-                    .map(|request| run_one(&app, &caller, request, &method)),
+            let outcomes = within(
+                deadline,
+                futures::future::join_all(
+                    batch
+                        .into_iter()
+                        .map(|request| run_one(&app, &caller, request, &method)),
+                ),
             )
             .await;
             let bodies: Vec<Body> = outcomes

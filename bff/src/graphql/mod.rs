@@ -216,6 +216,9 @@ impl Loaders {
     /// Fresh lookups for one request of `principal`'s tenant.
     pub fn new(upstreams: &Arc<Upstreams>, principal: &Principal, delay: Duration) -> Self {
         let tenant = principal.tenant().clone();
+        // Batches run in tasks of their own: they carry the request's
+        // deadline over, so no batch outlives the request.
+        let deadline = crate::upstream::resilience::deadline();
         macro_rules! new_loader {
             ($loader:ident, $client:ident) => {
                 DataLoader::with_cache(
@@ -223,7 +226,7 @@ impl Loaders {
                         client: upstreams.$client.clone(),
                         tenant: tenant.clone(),
                     },
-                    tokio::spawn,
+                    move |batch| crate::upstream::resilience::spawn_within(deadline, batch),
                     HashMapCache::default(),
                 )
                 .delay(delay)

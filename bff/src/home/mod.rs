@@ -164,6 +164,11 @@ impl HomeQuery {
 
         let (mall, member, coupons, (flash_sale, recommended)) =
             futures::join!(mall, member, coupons, products);
+        if matches!(member, Some(Err(_))) {
+            // The `member` field reports the member service's failure; the
+            // prices that fell back to public ones need not repeat it.
+            req.prices.member_failure_reported();
+        }
         let mall = mall
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound {

@@ -1,10 +1,12 @@
 //! HTTP routes beside `/graphql`: the playground, the shop demo page,
-//! health, readiness, metrics, payment notifications and (in development)
-//! demo tokens and the payment simulator; and, in [`server`], the HTTP
-//! server that carries them, with its connection limits.
+//! health, metrics, payment notifications and (in development) demo tokens
+//! and the payment simulator; readiness and the operator status in
+//! [`health`]; and, in [`server`], the HTTP server that carries them, with
+//! its connection limits.
 
 pub mod server;
 
+pub mod health;
 pub mod payments;
 
 use axum::extract::{Path, Query, State};
@@ -47,7 +49,6 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/rules/components", post(upload_component));
     if state.settings().playground_enabled() {
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             ));
     }
     router = router.merge(payments::router(state.payments().clone()));
+    router = router.merge(health::router(state.clone()));
     router
         .layer(TraceLayer::new_for_http())
         // A panic in a handler is a bug; the client gets a coded 500 and
@@ -111,25 +113,6 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 async fn healthz() -> &'static str {
     "ok"
-}
-
-/// Ready once every upstream answers its health check.
-async fn readyz(State(app): State<AppState>) -> Response {
-    let u = app.upstreams();
-    let (mall, member, product) =
-        futures::join!(u.mall.health(), u.member.health(), u.product.health());
-    let status = |r: &Result<(), _>| if r.is_ok() { "up" } else { "down" };
-    let ready = mall.is_ok() && member.is_ok() && product.is_ok();
-    let body = json!({
-        "ready": ready,
-        "upstreams": { "mall": status(&mall), "member": status(&member), "product": status(&product) },
-    });
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
 }
 
 /// `/metrics`: open in development; in production (unless
@@ -307,8 +290,16 @@ async fn upload_component(
             tracing::error!(error = %e, "component upload failed");
             coded_response(
                 StatusCode::SERVICE_UNAVAILABLE,
+                code::STORE_UNAVAILABLE,
+                "the rule registry's store is unavailable; retry shortly",
+            )
+        }
+        Err(crate::pricing::registry::RegistryError::Internal(e)) => {
+            tracing::error!(error = %e, "component upload failed");
+            coded_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
                 code::INTERNAL_SERVER_ERROR,
-                "the rule registry is unavailable",
+                "internal error",
             )
         }
         Err(e @ crate::pricing::registry::RegistryError::Busy) => {

@@ -61,9 +61,13 @@ pub enum RegistryError {
     /// Too many uploads from this author or tenant; retry later.
     #[error("too many uploads; retry in a minute")]
     RateLimited,
-    /// The store failed.
+    /// The store failed (unreachable, timed out): retry shortly.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something on this node failed (an unreadable record, the rule
+    /// engine); logged where it happened.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl RegistryError {
@@ -79,7 +83,8 @@ impl RegistryError {
             RegistryError::Conflict => crate::error::code::CONFLICT,
             RegistryError::Busy => crate::error::code::ENGINE_BUSY,
             RegistryError::RateLimited => crate::error::code::RATE_LIMITED,
-            RegistryError::Store(_) => crate::error::code::INTERNAL_SERVER_ERROR,
+            RegistryError::Store(_) => crate::error::code::STORE_UNAVAILABLE,
+            RegistryError::Internal(_) => crate::error::code::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -178,6 +183,10 @@ pub struct Registry {
     quarantine_after: u32,
     generation: AtomicU64,
     metrics: Metrics,
+    /// Tenants whose deployment records vanished from the store while this
+    /// node was running their rules (see [`Registry::lost_tenants`]).
+    lost: Mutex<std::collections::BTreeSet<String>>,
+    lost_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl std::fmt::Debug for Registry {
@@ -218,8 +227,71 @@ impl Registry {
             tracker: Mutex::new(Tracker::default()),
             quarantine_after: quarantine_after.max(1),
             generation: AtomicU64::new(0),
+            lost: Mutex::default(),
+            lost_gauge: {
+                let gauge = prometheus_client::metrics::gauge::Gauge::default();
+                metrics.register(
+                    "rule_registry_lost_tenants",
+                    "Tenants whose rule deployments vanished from the store while this node \
+                     ran them (the node keeps serving its last good rules)",
+                    gauge.clone(),
+                );
+                gauge
+            },
             metrics,
         })
+    }
+
+    /// Tenants whose deployment records vanished from the store (Redis
+    /// restarted empty, or a failover to an empty replica) while this node
+    /// was running rules of theirs. Deployments are never deleted, so that
+    /// is a fault, not news: the node keeps the last good rules it has,
+    /// logs an error, counts it in `bff_rule_registry_lost_tenants`, and
+    /// refuses rule changes for those tenants (`STORE_UNAVAILABLE`) until
+    /// the store has their records again (restored from a backup). It does
+    /// not re-seed the store itself: it holds the running versions only,
+    /// not the version histories and component binaries a faithful copy
+    /// needs.
+    pub fn lost_tenants(&self) -> Vec<String> {
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Records whether `tenant`'s records are lost; logs the change.
+    fn set_lost(&self, tenant: &str, lost: bool) {
+        let mut set = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = if lost {
+            set.insert(tenant.to_owned())
+        } else {
+            set.remove(tenant)
+        };
+        if changed {
+            if lost {
+                tracing::error!(
+                    tenant,
+                    "rule deployments vanished from the store (restarted empty or failed over \
+                     to an empty replica?): keeping the last good rules; rule changes are \
+                     refused until the store is restored"
+                );
+            } else {
+                tracing::warn!(tenant, "rule deployments are back in the store");
+            }
+        }
+        self.lost_gauge
+            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Whether `tenant` runs rules on this node.
+    fn runs_rules(&self, tenant: &str) -> bool {
+        self.active
+            .read()
+            .expect("registry lock")
+            .get(tenant)
+            .is_some_and(|rules| !rules.is_empty())
     }
 
     /// The WebAssembly host.
@@ -297,9 +369,21 @@ impl Registry {
         }
         let mut next = HashMap::new();
         for (tenant, deployments) in by_tenant {
+            self.set_lost(&tenant, false);
             next.insert(tenant, Arc::new(self.build_active(&deployments).await));
         }
-        *self.active.write().expect("registry lock") = next;
+        {
+            let mut active = self.active.write().expect("registry lock");
+            // A tenant running rules whose records are all gone: keep its
+            // last good rules (see `lost_tenants`).
+            for (tenant, rules) in active.iter() {
+                if !rules.is_empty() && !next.contains_key(tenant) {
+                    next.insert(tenant.clone(), rules.clone());
+                    self.set_lost(tenant, true);
+                }
+            }
+            *active = next;
+        }
         self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -313,6 +397,11 @@ impl Registry {
 
     async fn reload_tenant(&self, tenant: &str) -> Result<(), StoreError> {
         let deployments = self.deployments(tenant).await?;
+        if deployments.is_empty() && self.runs_rules(tenant) {
+            self.set_lost(tenant, true);
+            return Ok(());
+        }
+        self.set_lost(tenant, false);
         let active = Arc::new(self.build_active(&deployments).await);
         self.active
             .write()
@@ -362,7 +451,7 @@ impl Registry {
         let host = self.host.clone();
         let compiled = tokio::task::spawn_blocking(move || host.compile_cached(&bytes))
             .await
-            .map_err(|e| RegistryError::Store(StoreError::from_display(e)))??;
+            .map_err(|e| RegistryError::Internal(e.to_string()))??;
         Ok(compiled)
     }
 
@@ -725,20 +814,33 @@ impl Registry {
         name: &str,
         change: impl Fn(Option<Deployment>) -> Result<Deployment, RegistryError>,
     ) -> Result<Deployment, RegistryError> {
+        if self
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(tenant)
+        {
+            // Writing into a store that lost the tenant's records would
+            // make this one deployment the tenant's whole rule set.
+            return Err(RegistryError::Store(StoreError(format!(
+                "refusing a rule change: the deployments of tenant {tenant} are missing from \
+                 the store"
+            ))));
+        }
         let key = deployment_key(tenant, name);
         for _ in 0..8 {
             let raw = self.store.get(DEPLOYMENTS, &key).await?;
             let current = match &raw {
                 Some(bytes) => Some(serde_json::from_slice::<Deployment>(bytes).map_err(|e| {
-                    RegistryError::Store(StoreError(format!("unreadable deployment {key}: {e}")))
+                    RegistryError::Internal(format!("unreadable deployment {key}: {e}"))
                 })?),
                 None => None,
             };
             let mut next = change(current)?;
             next.revision += 1;
             next.updated_at = Utc::now();
-            let bytes = serde_json::to_vec(&next)
-                .map_err(|e| RegistryError::Store(StoreError::from_display(e)))?;
+            let bytes =
+                serde_json::to_vec(&next).map_err(|e| RegistryError::Internal(e.to_string()))?;
             if self
                 .store
                 .compare_and_set(DEPLOYMENTS, &key, raw.as_deref(), &bytes)
@@ -888,9 +990,9 @@ impl Observer for TenantObserver {
 fn busy(error: PoolError) -> RegistryError {
     match error {
         PoolError::Busy => RegistryError::Busy,
-        PoolError::Failed => RegistryError::Store(StoreError(
-            "the rule engine failed to complete the work".into(),
-        )),
+        PoolError::Failed => {
+            RegistryError::Internal("the rule engine failed to complete the work".into())
+        }
     }
 }
 

@@ -145,6 +145,10 @@ pub struct Price {
     pub degraded: bool,
     /// The rules skipped, with why.
     pub skipped_rules: Vec<crate::pricing::model::SkippedRule>,
+    /// Whether this is the public (non-member) price because the member's
+    /// data could not be read (the member service failed): member
+    /// promotions are left out, and `degraded` is true as well.
+    pub public_fallback: bool,
 }
 
 /// Catalogue prices computed during one request, and the rule snapshot
@@ -157,6 +161,11 @@ pub struct PriceBook {
     /// A fail-closed rule failed: every price of this request reports it
     /// instead of trying again product by product.
     failed: OnceLock<String>,
+    /// The member service failed: prices of this request are public ones.
+    member_failure: OnceLock<UpstreamError>,
+    /// Whether that failure was reported in this response already (once
+    /// per response, not once per price).
+    member_failure_reported: std::sync::atomic::AtomicBool,
 }
 
 impl PriceBook {
@@ -167,6 +176,23 @@ impl PriceBook {
             .expect("price book lock")
             .get(id)
             .cloned()
+    }
+
+    /// Marks the member service's failure as reported by another field
+    /// (the card's `member`), so prices do not report it again.
+    pub fn member_failure_reported(&self) {
+        self.member_failure_reported
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The member service's failure, the first time it is asked for in
+    /// this response (prices fell back to public ones because of it).
+    fn member_failure_to_report(&self) -> Option<UpstreamError> {
+        let err = self.member_failure.get()?;
+        (!self
+            .member_failure_reported
+            .swap(true, std::sync::atomic::Ordering::Relaxed))
+        .then(|| err.clone())
     }
 
     /// The rule snapshot of this request, taken on first use.
@@ -200,9 +226,19 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
     }
     let tenant = req.principal.tenant();
     let member = match req.principal.member() {
-        Some(id) => req.loaders.member_now(id).await?,
+        Some(id) => match req.loaders.member_now(id).await {
+            Ok(member) => member,
+            // Degrade, don't null: without the member's level and tags,
+            // price as for a visitor and mark the prices as such.
+            Err(err) => {
+                tracing::warn!(error = %err, "member unavailable: public prices");
+                let _ = req.prices.member_failure.set(err);
+                None
+            }
+        },
         None => None,
     };
+    let public_fallback = req.prices.member_failure.get().is_some();
     let snapshot = req.prices.snapshot(&req.pricing, tenant);
     let mut by_mall: HashMap<&MallId, Vec<&Product>> = HashMap::new();
     for p in todo {
@@ -231,8 +267,9 @@ pub async fn price_products(req: &RequestContext, products: &[&Product]) -> Resu
         for p in products {
             if let Some(line) = priced.lines.get(p.id.as_str()) {
                 let mut price = Price::from_line(p.list_price, line);
-                price.degraded = priced.degraded;
+                price.degraded = priced.degraded || public_fallback;
                 price.skipped_rules = skipped.clone();
+                price.public_fallback = public_fallback;
                 book.insert(p.id.clone(), price);
             }
         }
@@ -250,6 +287,7 @@ impl Price {
             applied: line.applied.iter().map(AppliedPromotion::from).collect(),
             degraded: false,
             skipped_rules: Vec::new(),
+            public_fallback: false,
         }
     }
 }
@@ -324,10 +362,17 @@ impl Product {
     }
     /// The price for the asking member (the token's member; anonymous
     /// visitors see public prices), with the promotions that apply. Null
-    /// when it cannot be computed (the error says why).
+    /// when it cannot be computed (the error says why). When the member
+    /// service fails it is the public price, marked `publicFallback` and
+    /// `degraded`, with one error per response naming the service.
     async fn price(&self, ctx: &Context<'_>) -> Result<Option<Price>> {
         let req = request(ctx)?;
         price_products(req, &[self]).await?;
+        if let Some(err) = req.prices.member_failure_to_report() {
+            // The price is there (public); the response says once why.
+            let error: async_graphql::Error = ApiError::from(err).into();
+            ctx.add_error(ctx.set_error_path(error.into_server_error(ctx.item.pos)));
+        }
         Ok(req.prices.get(&self.id))
     }
     /// The product's flash-sale window, if it has one.

@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
 
 use super::redis_connection::{Connection, Target, connect_cluster};
@@ -34,10 +35,23 @@ end
 return 0
 "#;
 
+/// How long a general store operation (rule registry, persisted queries)
+/// may wait for Redis, to connect or to answer: with Redis down, callers
+/// learn it at once (`STORE_UNAVAILABLE`) rather than after the client's
+/// reconnection backoff, and reads go on with what the node holds.
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a checkout script may wait for its reply: a timed-out script may
+/// still have run, so it waits longer rather than report an ambiguous error.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A store shared by every node through Redis.
 #[derive(Clone)]
 pub struct RedisStore {
+    /// General operations: short timeouts.
     connection: Connection,
+    /// The checkout's scripts: a longer response timeout (see `connect`).
+    checkout_connection: Connection,
     namespace: String,
     events: broadcast::Sender<Event>,
     cas: redis::Script,
@@ -64,29 +78,56 @@ impl RedisStore {
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let target = Target::parse(url)?;
         if let Target::Cluster(seeds) = &target {
-            let connection = connect_cluster(seeds).await?;
-            return Self::start(connection, target.subscribers()?, namespace).await;
+            let connection = connect_cluster(seeds, STORE_TIMEOUT).await?;
+            // The checkout's scripts wait longer, as on one server (below).
+            let checkout_connection = connect_cluster(seeds, CHECKOUT_TIMEOUT).await?;
+            return Self::start(
+                connection,
+                checkout_connection,
+                target.subscribers()?,
+                namespace,
+            )
+            .await;
         }
         let client = redis::Client::open(url).map_err(StoreError::from_display)?;
+        // A lost connection is re-established in the background, but a
+        // command waits for that attempt: one quick retry, bounded connect
+        // time, so a command on a dead Redis fails within about a second
+        // (the client's default backoff waits ~9 s).
+        let reconnect = || {
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(STORE_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(200))
+        };
+        let connection = manager(
+            &client,
+            reconnect().set_response_timeout(Some(STORE_TIMEOUT)),
+        )
+        .await?;
         // Replies to a checkout script can take longer than the client's
         // default half second on a loaded box, and a timed-out script may
         // still have run: wait longer rather than report an ambiguous error.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let connection = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_connection_manager_with_config(config),
+        let checkout_connection = manager(
+            &client,
+            reconnect().set_response_timeout(Some(CHECKOUT_TIMEOUT)),
+        )
+        .await?;
+        Self::start(
+            connection.into(),
+            checkout_connection.into(),
+            vec![client],
+            namespace,
         )
         .await
-        .map_err(|_| StoreError("timed out connecting to Redis".into()))?
-        .map_err(StoreError::from_display)?;
-        Self::start(connection.into(), vec![client], namespace).await
     }
 
     /// Subscribes to events through `subscribers` (tried in turn) and
     /// assembles the store.
     async fn start(
         connection: Connection,
+        checkout_connection: Connection,
         subscribers: Vec<redis::Client>,
         namespace: &str,
     ) -> Result<Self, StoreError> {
@@ -98,6 +139,7 @@ impl RedisStore {
         tokio::spawn(listen(subscribers, at, channel, events.clone(), first));
         Ok(Self {
             connection,
+            checkout_connection,
             namespace: namespace.to_owned(),
             events,
             cas: redis::Script::new(CAS),
@@ -123,9 +165,9 @@ impl RedisStore {
         &self.namespace
     }
 
-    /// A handle on the shared connection.
+    /// A handle on the checkout's connection.
     pub(super) fn connection(&self) -> Connection {
-        self.connection.clone()
+        self.checkout_connection.clone()
     }
 
     /// The checkout's scripts.
@@ -142,6 +184,19 @@ impl RedisStore {
     fn expiring_key(&self, space: &str, key: &str) -> String {
         format!("{}:x:{space}:{key}", self.namespace)
     }
+}
+
+async fn manager(
+    client: &redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+) -> Result<ConnectionManager, StoreError> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| StoreError("timed out connecting to Redis".into()))?
+    .map_err(StoreError::from_display)
 }
 
 async fn subscribe(

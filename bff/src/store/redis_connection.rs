@@ -26,11 +26,6 @@ use super::StoreError;
 /// How long connecting may take before the store reports Redis as down.
 pub(super) const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long one command may wait for its reply, retries and redirections
-/// included. Replies to a checkout script can take a while on a loaded box,
-/// and a timed-out script may still have run: wait rather than report an
-/// ambiguous error early.
-pub(super) const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the store's data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +85,13 @@ impl Target {
 
 /// Connects to a Redis Cluster through its seed nodes, with every connect
 /// and every reply bounded in time.
-pub(super) async fn connect_cluster(seeds: &[String]) -> Result<Connection, StoreError> {
+pub(super) async fn connect_cluster(
+    seeds: &[String],
+    response_timeout: Duration,
+) -> Result<Connection, StoreError> {
     let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
         .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
-        .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
+        .response_timeout(response_timeout)
         .build()
         .map_err(StoreError::from_display)?;
     let connection = tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, client.get_async_connection())

@@ -11,19 +11,25 @@ pub mod mall;
 pub mod member;
 pub mod order;
 pub mod product;
+pub mod resilience;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use backon::Retryable;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::config::{CacheSettings, UpstreamSettings, UpstreamsSettings};
+use crate::config::{CacheSettings, RetrySettings, UpstreamSettings, UpstreamsSettings};
 use crate::metrics::Metrics;
 
 pub use mall::MallClient;
 pub use member::MemberClient;
 pub use product::ProductClient;
+pub use resilience::Guard;
 
 /// Upstream and endpoint names used as metric labels.
 pub const KNOWN_LABELS: &[&str] = &[
@@ -88,25 +94,17 @@ impl UpstreamError {
     }
 }
 
-/// What every client has: where the service is, how long to wait, and
-/// where to count.
+/// Where one upstream is for a tenant (or for everyone): base URL,
+/// timeout and retry budget.
 #[derive(Debug, Clone)]
-struct Endpoint {
-    name: &'static str,
+struct Route {
     base: Url,
     timeout: Duration,
-    http: reqwest::Client,
-    metrics: Metrics,
+    retry: resilience::RetryPolicy,
 }
 
-impl Endpoint {
-    fn new(
-        name: &'static str,
-        base: &Url,
-        settings: &UpstreamSettings,
-        http: reqwest::Client,
-        metrics: Metrics,
-    ) -> Self {
+impl Route {
+    fn new(base: &Url, timeout: Duration, retry: &RetrySettings) -> Self {
         // `Url::join` replaces the last segment unless the base ends in `/`.
         let mut base = base.clone();
         if !base.path().ends_with('/') {
@@ -114,18 +112,90 @@ impl Endpoint {
             base.set_path(&path);
         }
         Self {
-            name,
             base,
-            timeout: settings.timeout(),
-            http,
-            metrics,
+            timeout,
+            retry: resilience::RetryPolicy::new(retry),
+        }
+    }
+}
+
+/// What every endpoint shares: the connection pool, metrics, breakers and
+/// retry settings.
+#[derive(Debug, Clone)]
+struct Shared {
+    http: reqwest::Client,
+    metrics: Metrics,
+    guard: Guard,
+    retry: RetrySettings,
+    /// The configured request budget (a client may ask for less).
+    request_budget: Duration,
+}
+
+/// How one try ended, for the retry loop.
+enum Failure {
+    /// Worth another try (timeout, 5xx, connection failure).
+    Retry(UpstreamError),
+    /// Not worth another (refused by the breaker, out of time, a 400 or
+    /// an answer that breaks the contract).
+    Final(UpstreamError),
+}
+
+impl Failure {
+    fn into_inner(self) -> UpstreamError {
+        match self {
+            Failure::Retry(e) | Failure::Final(e) => e,
+        }
+    }
+}
+
+/// What every client has: where the service is (shared, or a tenant's
+/// own), how long to wait, and where to count.
+///
+/// Every call runs under the request's deadline and its (tenant, upstream)
+/// circuit breaker; reads are retried (see [`resilience`]). The tenant of
+/// a call is the `tenants/{tenant}/…` prefix that every tenant-scoped path
+/// of the contract has.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    name: &'static str,
+    shared_route: Route,
+    tenants: Arc<HashMap<String, Route>>,
+    shared: Shared,
+}
+
+impl Endpoint {
+    fn new(name: &'static str, base: &Url, settings: &UpstreamSettings, shared: &Shared) -> Self {
+        Self {
+            name,
+            shared_route: Route::new(base, settings.timeout(), &shared.retry),
+            tenants: Arc::default(),
+            shared: shared.clone(),
+        }
+    }
+
+    /// Adds tenants' own services for this upstream.
+    fn with_tenants(mut self, routes: HashMap<String, Route>) -> Self {
+        self.tenants = Arc::new(routes);
+        self
+    }
+
+    /// The tenant a path belongs to, and the route to it.
+    fn route<'p>(&self, path: &[&'p str]) -> (Option<&'p str>, &Route) {
+        match path {
+            ["tenants", tenant, ..] => (
+                Some(*tenant),
+                self.tenants.get(*tenant).unwrap_or(&self.shared_route),
+            ),
+            _ => (None, &self.shared_route),
         }
     }
 
     /// GETs the resource at `path` (segments below the base URL, each
     /// percent-encoded on its own, so an id can never add or climb path
     /// segments) and decodes the JSON body. `Ok(None)` means the upstream
-    /// answered 404.
+    /// answered 404. Reads are idempotent: a timeout or an unavailable
+    /// answer is retried while the request's deadline and the upstream's
+    /// retry budget allow.
     #[tracing::instrument(
         name = "upstream",
         level = "debug",
@@ -138,22 +208,112 @@ impl Endpoint {
         path: &[&str],
         query: &[(&str, &str)],
     ) -> Result<Option<T>, UpstreamError> {
+        let (tenant, route) = self.route(path);
+        route.retry.deposit();
+        let attempt = || self.get_once(tenant, route, endpoint, path, query);
+        attempt
+            .retry(route.retry.backoff())
+            .when(|failure| matches!(failure, Failure::Retry(_)))
+            .adjust(|_, delay| {
+                let delay = delay?;
+                let allowed = route.retry.may_retry(delay);
+                self.shared.guard.retry(self.name, allowed);
+                allowed.then_some(delay)
+            })
+            .await
+            .map_err(Failure::into_inner)
+    }
+
+    /// One try of a GET, through the breaker, within the deadline.
+    async fn get_once<T: DeserializeOwned>(
+        &self,
+        tenant: Option<&str>,
+        route: &Route,
+        endpoint: &'static str,
+        path: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Option<T>, Failure> {
+        self.guarded(tenant, route, endpoint, |timeout| {
+            self.get_inner(route, timeout, path, query)
+        })
+        .await
+        .map_err(|err| match err {
+            UpstreamError::Timeout(_) | UpstreamError::Unavailable(_) => Failure::Retry(err),
+            err => Failure::Final(err),
+        })
+    }
+
+    /// Runs one try of a call: refuses at once when the request is out of
+    /// time or the (tenant, upstream) breaker is open, else calls with the
+    /// try's timeout, then counts the outcome in metrics and the breaker.
+    async fn guarded<T, F, Fut>(
+        &self,
+        tenant: Option<&str>,
+        route: &Route,
+        endpoint: &'static str,
+        call: F,
+    ) -> Result<T, UpstreamError>
+    where
+        T: Outcome,
+        F: FnOnce(Duration) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let Some(timeout) = resilience::attempt_timeout(route.timeout) else {
+            tracing::warn!(
+                upstream = self.name,
+                endpoint,
+                "request budget spent before the call"
+            );
+            self.shared
+                .metrics
+                .upstream_call(self.name, endpoint, "deadline", Duration::ZERO);
+            return Err(UpstreamError::Timeout(self.name));
+        };
+        let permit = match tenant {
+            Some(tenant) => match self.shared.guard.permit(tenant, self.name) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(upstream = self.name, tenant, "circuit breaker open");
+                    return Err(UpstreamError::Unavailable(self.name));
+                }
+            },
+            None => None,
+        };
         let started = Instant::now();
-        let result = self.get_inner(path, query).await;
+        let result = call(timeout).await;
         let outcome = match &result {
-            Ok(Some(_)) => "ok",
-            Ok(None) => "not_found",
+            Ok(answer) => answer.label(),
             Err(UpstreamError::Timeout(_)) => "timeout",
             Err(UpstreamError::Rejected(_)) => "rejected",
             Err(_) => "error",
         };
-        self.metrics
+        self.shared
+            .metrics
             .upstream_call(self.name, endpoint, outcome, started.elapsed());
+        if let (Some(tenant), Some(permit)) = (tenant, permit) {
+            let failed = match &result {
+                // A try cut short by a budget a client asked for says little
+                // about the service (it may ask for a tiny one): a timeout
+                // counts when the try had at least half of the upstream's
+                // timeout or of the configured budget. A probe's outcome is
+                // always settled.
+                Err(UpstreamError::Timeout(_)) => {
+                    timeout * 2 >= route.timeout.min(self.shared.request_budget)
+                        || permit == resilience::Permit::Probe
+                }
+                Err(UpstreamError::Unavailable(_) | UpstreamError::BadResponse(_)) => true,
+                Ok(_) | Err(UpstreamError::Rejected(_)) => false,
+            };
+            let counted = !matches!(&result, Err(UpstreamError::Timeout(_))) || failed;
+            if counted {
+                self.shared.guard.record(tenant, self.name, permit, failed);
+            }
+        }
         result
     }
 
     /// The URL of the resource at `path` below the base URL.
-    fn url(&self, path: &[&str]) -> Result<Url, UpstreamError> {
+    fn url(&self, base: &Url, path: &[&str]) -> Result<Url, UpstreamError> {
         // Ids are parsed before they get here; this keeps the promise even
         // if one were not: `url` silently drops `.` and `..` segments,
         // which would name another resource.
@@ -164,10 +324,10 @@ impl Endpoint {
             );
             return Err(UpstreamError::BadResponse(self.name));
         }
-        let mut url = self.base.clone();
+        let mut url = base.clone();
         url.path_segments_mut()
             .map_err(|()| {
-                tracing::error!(base = %self.base, "upstream base URL cannot have a path");
+                tracing::error!(base = %base, "upstream base URL cannot have a path");
                 UpstreamError::BadResponse(self.name)
             })?
             .pop_if_empty()
@@ -177,18 +337,21 @@ impl Endpoint {
 
     async fn get_inner<T: DeserializeOwned>(
         &self,
+        route: &Route,
+        timeout: Duration,
         path: &[&str],
         query: &[(&str, &str)],
     ) -> Result<Option<T>, UpstreamError> {
-        let url = self.url(path)?;
+        let url = self.url(&route.base, path)?;
         let mut response = self
+            .shared
             .http
             .get(url)
             .query(query)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .send()
             .await
-            .map_err(|err| self.transport_error(err))?;
+            .map_err(|err| self.transport_error(err, timeout))?;
         let status = response.status();
         tracing::Span::current().record("status", status.as_u16());
         if status == StatusCode::NOT_FOUND {
@@ -216,7 +379,7 @@ impl Endpoint {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|err| self.transport_error(err))?
+            .map_err(|err| self.transport_error(err, timeout))?
         {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
                 tracing::error!(
@@ -236,7 +399,9 @@ impl Endpoint {
     /// Sends a JSON command (`PUT`/`POST`) that the contract makes
     /// idempotent by a request key in `path`, and decodes the answer. A
     /// `404` or `409` is a refusal the caller interprets (its
-    /// `error.code`); a `400` is the BFF breaking the contract.
+    /// `error.code`); a `400` is the BFF breaking the contract. Commands
+    /// run under the deadline and the breaker but are never retried here:
+    /// their callers own the request key and the recovery.
     #[tracing::instrument(
         name = "upstream",
         level = "debug",
@@ -250,36 +415,30 @@ impl Endpoint {
         path: &[&str],
         body: Option<&serde_json::Value>,
     ) -> Result<Answer<T>, UpstreamError> {
-        let started = Instant::now();
-        let result = self.send_inner(method, path, body).await;
-        let outcome = match &result {
-            Ok(Answer::Done(_)) => "ok",
-            Ok(Answer::Refused { status: 404, .. }) => "not_found",
-            Ok(Answer::Refused { .. }) => "rejected",
-            Err(UpstreamError::Timeout(_)) => "timeout",
-            Err(UpstreamError::Rejected(_)) => "rejected",
-            Err(_) => "error",
-        };
-        self.metrics
-            .upstream_call(self.name, endpoint, outcome, started.elapsed());
-        result
+        let (tenant, route) = self.route(path);
+        self.guarded(tenant, route, endpoint, |timeout| {
+            self.send_inner(route, timeout, method, path, body)
+        })
+        .await
     }
 
     async fn send_inner<T: DeserializeOwned>(
         &self,
+        route: &Route,
+        timeout: Duration,
         method: reqwest::Method,
         path: &[&str],
         body: Option<&serde_json::Value>,
     ) -> Result<Answer<T>, UpstreamError> {
-        let url = self.url(path)?;
-        let mut request = self.http.request(method, url).timeout(self.timeout);
+        let url = self.url(&route.base, path)?;
+        let mut request = self.shared.http.request(method, url).timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = request
             .send()
             .await
-            .map_err(|err| self.transport_error(err))?;
+            .map_err(|err| self.transport_error(err, timeout))?;
         let status = response.status();
         tracing::Span::current().record("status", status.as_u16());
         if status == StatusCode::BAD_REQUEST {
@@ -312,7 +471,7 @@ impl Endpoint {
         let bytes = response
             .bytes()
             .await
-            .map_err(|err| self.transport_error(err))?;
+            .map_err(|err| self.transport_error(err, timeout))?;
         if bytes.len() > MAX_BODY_BYTES {
             return Err(UpstreamError::BadResponse(self.name));
         }
@@ -345,15 +504,21 @@ impl Endpoint {
         Ok(pages.into_iter().flatten().collect())
     }
 
-    /// `GET healthz`: the service's own health check.
+    /// `GET healthz`: the shared service's own health check (one try, no
+    /// breaker: it is what an operator looks at).
     async fn health(&self) -> Result<(), UpstreamError> {
-        let ok: Option<serde_json::Value> = self.get("health", &["healthz"], &[]).await?;
+        let route = &self.shared_route;
+        let ok: Option<serde_json::Value> = self
+            .guarded(None, route, "health", |timeout| {
+                self.get_inner(route, timeout, &["healthz"], &[])
+            })
+            .await?;
         ok.map(|_| ()).ok_or(UpstreamError::Unavailable(self.name))
     }
 
-    fn transport_error(&self, err: reqwest::Error) -> UpstreamError {
+    fn transport_error(&self, err: reqwest::Error, timeout: Duration) -> UpstreamError {
         if err.is_timeout() {
-            tracing::warn!(upstream = self.name, timeout = ?self.timeout, "upstream timed out");
+            tracing::warn!(upstream = self.name, ?timeout, "upstream timed out");
             UpstreamError::Timeout(self.name)
         } else {
             tracing::warn!(upstream = self.name, error = %err, "upstream unreachable");
@@ -383,6 +548,7 @@ pub struct Upstreams {
     pub member: MemberClient,
     /// Products, listings, flash sales.
     pub product: ProductClient,
+    guard: Guard,
 }
 
 /// The base URL of each upstream, once resolved (configured or demo).
@@ -397,7 +563,8 @@ pub struct BaseUrls {
 }
 
 impl Upstreams {
-    /// Builds the clients over one shared connection pool.
+    /// Builds the clients over one shared connection pool, with the
+    /// tenants' own services from `settings.tenants`.
     pub fn new(
         settings: &UpstreamsSettings,
         cache: &CacheSettings,
@@ -411,32 +578,64 @@ impl Upstreams {
             .connect_timeout(Duration::from_secs(2))
             .user_agent(concat!("mall-bff/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let guard = Guard::new(&settings.breaker, &metrics);
+        let shared = Shared {
+            http,
+            metrics,
+            guard: guard.clone(),
+            retry: settings.retry.clone(),
+            request_budget: settings.request_budget(),
+        };
+        let endpoint = |name: &'static str, base: &Url, upstream: &UpstreamSettings| {
+            let routes: HashMap<String, Route> = settings
+                .tenants
+                .iter()
+                .filter_map(|(tenant, overrides)| {
+                    let (_, own) = overrides.iter().find(|(n, _)| *n == name)?;
+                    let timeout = own
+                        .timeout_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or_else(|| upstream.timeout());
+                    Some((
+                        tenant.as_str().to_owned(),
+                        Route::new(&own.base_url, timeout, &settings.retry),
+                    ))
+                })
+                .collect();
+            Endpoint::new(name, base, upstream, &shared).with_tenants(routes)
+        };
         Ok(Self {
-            mall: MallClient::new(
-                Endpoint::new(
-                    "mall",
-                    &urls.mall,
-                    &settings.mall,
-                    http.clone(),
-                    metrics.clone(),
-                ),
-                cache,
-            ),
-            member: MemberClient::new(Endpoint::new(
-                "member",
-                &urls.member,
-                &settings.member,
-                http.clone(),
-                metrics.clone(),
-            )),
-            product: ProductClient::new(Endpoint::new(
-                "product",
-                &urls.product,
-                &settings.product,
-                http,
-                metrics,
-            )),
+            mall: MallClient::new(endpoint("mall", &urls.mall, &settings.mall), cache),
+            member: MemberClient::new(endpoint("member", &urls.member, &settings.member)),
+            product: ProductClient::new(endpoint("product", &urls.product, &settings.product)),
+            guard,
         })
+    }
+
+    /// The circuit breakers of every (tenant, upstream).
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+/// How a successful call is labelled in metrics.
+trait Outcome {
+    fn label(&self) -> &'static str;
+}
+
+impl<T> Outcome for Option<T> {
+    fn label(&self) -> &'static str {
+        if self.is_some() { "ok" } else { "not_found" }
+    }
+}
+
+impl<T> Outcome for Answer<T> {
+    fn label(&self) -> &'static str {
+        match self {
+            Answer::Done(_) => "ok",
+            Answer::Refused { status: 404, .. } => "not_found",
+            Answer::Refused { .. } => "rejected",
+        }
     }
 }
 
@@ -474,21 +673,32 @@ mod tests {
     use super::*;
 
     fn endpoint(base: &str) -> Endpoint {
+        let metrics = Metrics::new();
+        let shared = Shared {
+            http: reqwest::Client::new(),
+            guard: Guard::new(&Default::default(), &metrics),
+            metrics,
+            retry: RetrySettings::default(),
+            request_budget: Duration::from_secs(1),
+        };
         Endpoint::new(
             "mall",
             &Url::parse(base).unwrap(),
             &UpstreamSettings::default(),
-            reqwest::Client::new(),
-            Metrics::new(),
+            &shared,
         )
+    }
+
+    fn url_of(e: &Endpoint, path: &[&str]) -> Result<Url, UpstreamError> {
+        e.url(&e.shared_route.base, path)
     }
 
     #[test]
     fn path_segments_are_percent_encoded_below_the_base_path() {
         let e = endpoint("http://mall.internal/api");
-        let url = e.url(&["tenants", "demo", "malls"]).unwrap();
+        let url = url_of(&e, &["tenants", "demo", "malls"]).unwrap();
         assert_eq!(url.as_str(), "http://mall.internal/api/tenants/demo/malls");
-        let url = e.url(&["tenants", "a/b?c#d e%"]).unwrap();
+        let url = url_of(&e, &["tenants", "a/b?c#d e%"]).unwrap();
         assert_eq!(
             url.as_str(),
             "http://mall.internal/api/tenants/a%2Fb%3Fc%23d%20e%25"
@@ -501,7 +711,7 @@ mod tests {
         for bad in [".", "..", ""] {
             assert!(
                 matches!(
-                    e.url(&["tenants", bad, "malls"]),
+                    url_of(&e, &["tenants", bad, "malls"]),
                     Err(UpstreamError::BadResponse("mall"))
                 ),
                 "{bad:?}"

@@ -63,7 +63,20 @@ impl OrderClient {
     /// A client of the order service at `base` (its own connection pool).
     pub fn new(base: &Url, settings: &UpstreamSettings, metrics: Metrics) -> Self {
         Self {
-            endpoint: Endpoint::new("order", base, settings, reqwest::Client::new(), metrics),
+            endpoint: Endpoint::new(
+                "order",
+                base,
+                settings,
+                &super::Shared {
+                    http: reqwest::Client::new(),
+                    metrics,
+                    // The relay and the sweeper have their own pacing and
+                    // recovery; a breaker would only delay them.
+                    guard: super::Guard::disabled(),
+                    retry: Default::default(),
+                    request_budget: settings.timeout(),
+                },
+            ),
         }
     }
 

@@ -17,6 +17,7 @@ mod limits;
 mod local_redis;
 mod playground;
 mod products;
+mod resilience;
 mod rules;
 mod schema;
 mod server;
