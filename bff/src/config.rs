@@ -758,6 +758,18 @@ impl Settings {
             .filter(|(_, u)| u.base_url.is_some())
             .map(|(name, _)| format!("upstreams.{name}.base_url"))
             .collect();
+        // A tenant's own services are real ones too.
+        let mut tenants: Vec<String> = self
+            .upstreams
+            .tenants
+            .iter()
+            .flat_map(|(tenant, own)| {
+                own.iter()
+                    .map(move |(name, _)| format!("upstreams.tenants.{tenant}.{name}.base_url"))
+            })
+            .collect();
+        tenants.sort();
+        real.extend(tenants);
         if self.redis_url.is_some() {
             real.push("redis_url".to_owned());
         }
@@ -1044,6 +1056,22 @@ mod tests {
             assert!(err.contains("redis_url"), "{err}");
             Ok(())
         });
+        Jail::expect_with(|jail| {
+            // Only one tenant's own CRM: a real service all the same.
+            jail.create_file(
+                "bff.toml",
+                "[upstreams.tenants.acme.member]\nbase_url = \"http://crm.acme.internal/\"\n",
+            )?;
+            let err = Settings::load(Some(Path::new("bff.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("environment is not set"), "{err}");
+            assert!(
+                err.contains("upstreams.tenants.acme.member.base_url"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     fn production(jail: &mut Jail) {
@@ -1170,6 +1198,7 @@ mod tests {
             jail.create_file(
                 "bff.toml",
                 r#"
+                environment = "development"
                 [upstreams]
                 request_budget_ms = 600
                 [upstreams.retry]

@@ -26,7 +26,6 @@ use super::StoreError;
 /// How long connecting may take before the store reports Redis as down.
 pub(super) const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-
 /// Where the store's data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Target {
