@@ -158,6 +158,15 @@ pub struct Quote {
     pub degraded: bool,
     /// The rules skipped, with why.
     pub skipped_rules: Vec<super::model::SkippedRule>,
+    /// Whether the cart was priced as for a visitor because the member's
+    /// data could not be read (the member service failed; only without
+    /// coupons or points, which need it): member promotions are left out,
+    /// and `degraded` is true as well.
+    pub public_fallback: bool,
+    /// Why the member's data could not be read (reported once beside the
+    /// quote).
+    #[graphql(skip)]
+    pub member_failure: Option<crate::upstream::UpstreamError>,
 }
 
 fn order_promotion(quote_id: &str, a: &Applied) -> OrderPromotion {
@@ -206,7 +215,13 @@ impl PricingQuery {
         #[graphql(desc = "The cart: items, or a bill amount at a store.")] input: CartInput,
     ) -> Result<Quote> {
         let req = request(ctx)?;
-        Ok(quote(req, input).await?)
+        let quote = quote(req, input).await?;
+        if let Some(err) = &quote.member_failure {
+            // The quote is there (public prices); the response says why.
+            let error: async_graphql::Error = ApiError::from(err.clone()).into();
+            ctx.add_error(ctx.set_error_path(error.into_server_error(ctx.item.pos)));
+        }
+        Ok(quote)
     }
 
     /// The tenant's rule deployments (rule authors and operators).
@@ -1160,6 +1175,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
     if subtotal > MAX_UNIT_PRICE * 100 {
         return Err(bad("items", "the cart's total is larger than allowed"));
     }
+    let mut member_failure = None;
     let (member, coupons) = match &member_id {
         Some(id) => {
             let (member, coupons) = futures::join!(req.loaders.member_now(id), async {
@@ -1169,10 +1185,19 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
                     req.loaders.coupons_now(id).await
                 }
             });
-            (
-                member.map_err(ApiError::from)?,
-                coupons.map_err(ApiError::from)?.unwrap_or_default(),
-            )
+            let member = match member {
+                Ok(member) => member,
+                // Degrade, don't fail: a cart without coupons or points is
+                // priced as for a visitor, marked as such (and never
+                // charged: checkout refuses degraded quotes).
+                Err(err) if coupon_ids.is_empty() && points_to_use == 0 => {
+                    tracing::warn!(error = %err, "member unavailable: public quote");
+                    member_failure = Some(err);
+                    None
+                }
+                Err(err) => return Err(ApiError::from(err)),
+            };
+            (member, coupons.map_err(ApiError::from)?.unwrap_or_default())
         }
         None => (None, Vec::new()),
     };
@@ -1235,8 +1260,10 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
             .collect(),
         hints: hints(&priced),
         id: ID(quote_id),
-        degraded: priced.degraded,
+        degraded: priced.degraded || member_failure.is_some(),
         skipped_rules: super::model::SkippedRule::list(&priced.failures),
+        public_fallback: member_failure.is_some(),
+        member_failure,
     })
 }
 

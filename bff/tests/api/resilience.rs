@@ -644,3 +644,56 @@ async fn with_redis_down_rule_changes_fail_fast_reads_serve_and_the_node_reconne
     assert!(back, "rule-author calls work again after Redis returns");
     drop(redis);
 }
+
+#[tokio::test]
+async fn with_the_member_service_down_a_quote_is_public_marked_and_never_charged() {
+    let app = spawn_app().await;
+    let token = app.token("member-1");
+    const QUOTE: &str = r#"query($c: CartInput!) {
+      quote(input: $c) { payable { amount } degraded publicFallback applied { ruleId } }
+    }"#;
+    let cart = json!({ "mallId": "mall-1", "items": [{ "productId": "sku-1", "quantity": 2 }] });
+    let (_, healthy) = app
+        .query_vars(QUOTE, json!({ "c": cart }), Some(&token))
+        .await;
+    assert_eq!(healthy["errors"], Value::Null, "{healthy}");
+    assert_eq!(healthy["data"]["quote"]["publicFallback"], false);
+    let member_price = healthy["data"]["quote"]["payable"]["amount"]
+        .as_i64()
+        .unwrap();
+
+    app.member.set_faults(down());
+    let (_, public) = app
+        .query_vars(QUOTE, json!({ "c": cart }), Some(&token))
+        .await;
+    let quote = &public["data"]["quote"];
+    assert_eq!(quote["publicFallback"], true, "{public}");
+    assert_eq!(quote["degraded"], true, "{public}");
+    assert_eq!(codes(&public), ["UPSTREAM_UNAVAILABLE"], "{public}");
+    let public_price = quote["payable"]["amount"].as_i64().unwrap();
+    // The gold member's discount is left out, never guessed.
+    assert!(public_price > member_price, "{public} vs {healthy}");
+
+    // Points need the member: no guess either, the quote fails.
+    let with_points = json!({ "mallId": "mall-1", "items": [{ "productId": "sku-1", "quantity": 2 }], "pointsToUse": 100 });
+    let (_, refused) = app
+        .query_vars(QUOTE, json!({ "c": with_points }), Some(&token))
+        .await;
+    assert_eq!(refused["data"], Value::Null, "{refused}");
+    assert_eq!(codes(&refused), ["UPSTREAM_UNAVAILABLE"], "{refused}");
+
+    // And a public price is never charged.
+    let (_, checkout) = app
+        .query_vars(
+            "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id } } }",
+            json!({ "i": { "cart": cart, "idempotencyKey": "public-1" } }),
+            Some(&token),
+        )
+        .await;
+    let code = codes(&checkout);
+    assert!(
+        code == ["PRICE_DEGRADED"] || code == ["UPSTREAM_UNAVAILABLE"],
+        "{checkout}"
+    );
+    assert_eq!(checkout["data"], Value::Null, "{checkout}");
+}
