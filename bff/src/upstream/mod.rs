@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::config::{CacheSettings, UpstreamSettings, UpstreamsSettings};
+use crate::config::{UpstreamSettings, UpstreamsSettings};
 use crate::metrics::Metrics;
 
 pub use mall::MallClient;
@@ -400,7 +400,6 @@ impl Upstreams {
     /// Builds the clients over one shared connection pool.
     pub fn new(
         settings: &UpstreamsSettings,
-        cache: &CacheSettings,
         urls: &BaseUrls,
         metrics: Metrics,
     ) -> Result<Self, reqwest::Error> {
@@ -412,16 +411,13 @@ impl Upstreams {
             .user_agent(concat!("mall-bff/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
-            mall: MallClient::new(
-                Endpoint::new(
-                    "mall",
-                    &urls.mall,
-                    &settings.mall,
-                    http.clone(),
-                    metrics.clone(),
-                ),
-                cache,
-            ),
+            mall: MallClient::new(Endpoint::new(
+                "mall",
+                &urls.mall,
+                &settings.mall,
+                http.clone(),
+                metrics.clone(),
+            )),
             member: MemberClient::new(Endpoint::new(
                 "member",
                 &urls.member,
