@@ -753,12 +753,17 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
         drop(bff);
     }
     println!();
-    println!("| target | upstream calls, first (cold) card | upstream calls per warm card | of which cached kinds |");
+    println!(
+        "| target | upstream calls, first (cold) card | upstream calls per warm card | of which cached kinds |"
+    );
     println!("|---|---|---|---|");
     for (name, cold, warm) in &calls {
         // The member card always asks the member service twice (member,
         // coupons): personal data is never cached.
-        println!("| {name} | {cold:.0} | {warm:.2} | {:.2} |", (warm - 2.0).max(0.0));
+        println!(
+            "| {name} | {cold:.0} | {warm:.2} | {:.2} |",
+            (warm - 2.0).max(0.0)
+        );
     }
     println!();
     println!(
@@ -771,7 +776,10 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
     // node pays for its first card.
     {
         let ns = namespace("l2");
-        let extra = vec![("BFF_REDIS_URL", redis.clone()), ("BFF_STORE__NAMESPACE", ns)];
+        let extra = vec![
+            ("BFF_REDIS_URL", redis.clone()),
+            ("BFF_STORE__NAMESPACE", ns),
+        ];
         let (first, first_url) = start_bff_with(&up_url, 0, Cache::L1L2, false, &extra);
         wait_up(&format!("{first_url}/healthz")).await;
         let http = reqwest::Client::new();
@@ -797,9 +805,15 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
     // Limits far above the load: every request is checked, none refused.
     let high = |store: Option<&str>| {
         let mut extra = vec![
-            ("BFF_ADMISSION__LIMITS__MEMBER_PER_SEC", "1000000".to_owned()),
+            (
+                "BFF_ADMISSION__LIMITS__MEMBER_PER_SEC",
+                "1000000".to_owned(),
+            ),
             ("BFF_ADMISSION__LIMITS__MEMBER_BURST", "1000000".to_owned()),
-            ("BFF_ADMISSION__LIMITS__TENANT_PER_SEC", "1000000".to_owned()),
+            (
+                "BFF_ADMISSION__LIMITS__TENANT_PER_SEC",
+                "1000000".to_owned(),
+            ),
             ("BFF_ADMISSION__LIMITS__TENANT_BURST", "1000000".to_owned()),
             ("BFF_STORE__NAMESPACE", namespace("rate")),
         ];
@@ -811,14 +825,26 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
     let mut cpu = Vec::new();
     for (name, store, on) in [
         ("Redis store, rate limits off", Some(redis.as_str()), false),
-        ("Redis store, rate limits on (one script call per request)", Some(redis.as_str()), true),
+        (
+            "Redis store, rate limits on (one script call per request)",
+            Some(redis.as_str()),
+            true,
+        ),
         ("embedded store, rate limits off", None, false),
-        ("embedded store, rate limits on (governor, in-process)", None, true),
+        (
+            "embedded store, rate limits on (governor, in-process)",
+            None,
+            true,
+        ),
     ] {
         let mut extra = high(store);
         // Set after `start_bff_with`'s own default, so it wins.
         extra.push(("BFF_ADMISSION__ENABLED", on.to_string()));
-        let mode = if store.is_some() { Cache::L1L2 } else { Cache::L1 };
+        let mode = if store.is_some() {
+            Cache::L1L2
+        } else {
+            Cache::L1
+        };
         let (bff, url2) = start_bff_with(&up_url, 0, mode, false, &extra);
         wait_up(&format!("{url2}/healthz")).await;
         let target = Target::graphql(&url2, token, card_body.clone(), bff.pid());
