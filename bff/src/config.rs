@@ -795,7 +795,7 @@ impl Settings {
             )
         {
             let rate_ok = |rate: f64, burst: u32| {
-                rate.is_finite() && rate >= 0.0 && rate <= 1e6 && (rate == 0.0 || burst >= 1)
+                rate.is_finite() && (0.0..=1e6).contains(&rate) && (rate == 0.0 || burst >= 1)
             };
             if !rate_ok(limits.member_per_sec, limits.member_burst)
                 || !rate_ok(limits.tenant_per_sec, limits.tenant_burst)
