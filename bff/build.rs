@@ -30,6 +30,7 @@ const GUESTS: &[&str] = &[
     "hostile-flood",
     "hostile-stack",
     "hostile-big-static",
+    "hostile-start-trap",
 ];
 
 fn main() {

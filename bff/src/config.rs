@@ -112,6 +112,10 @@ pub struct CheckoutSettings {
     pub payment_secrets: std::collections::HashMap<String, SecretString>,
     /// How far a notification's timestamp may be from now (replay window).
     pub signature_tolerance_secs: i64,
+    /// How long Redis keeps an order once it is final (completed,
+    /// cancelled or expired) and nothing is left to do for it; at least a
+    /// day (the idempotency records' lifetime), at most ten years.
+    pub order_retention_secs: u64,
 }
 
 impl Default for CheckoutSettings {
@@ -123,6 +127,7 @@ impl Default for CheckoutSettings {
             order_service_url: None,
             payment_secrets: std::collections::HashMap::new(),
             signature_tolerance_secs: crate::payment::DEFAULT_TOLERANCE_SECS,
+            order_retention_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -806,6 +811,13 @@ impl Settings {
                 )));
             }
         }
+        if !(24 * 3600..=3650 * 24 * 3600).contains(&self.checkout.order_retention_secs) {
+            return Err(ConfigError::Inconsistent(
+                "checkout.order_retention_secs must be between 86400 (a day) and 315360000 \
+                 (ten years)"
+                    .into(),
+            ));
+        }
         if self.auth.jwt_secret.expose_secret().len() < 32 {
             return Err(ConfigError::Inconsistent(
                 "auth.jwt_secret must be at least 32 bytes".into(),
@@ -1033,6 +1045,22 @@ mod tests {
             jail.set_env("BFF_METRICS__BEARER_TOKEN", "short");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("metrics.bearer_token"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn order_retention_is_at_least_a_day() {
+        assert_eq!(Settings::default().checkout.order_retention_secs, 2_592_000);
+        Jail::expect_with(|jail| {
+            jail.set_env("BFF_CHECKOUT__ORDER_RETENTION_SECS", "3600");
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("order_retention_secs"), "{err}");
+            jail.set_env("BFF_CHECKOUT__ORDER_RETENTION_SECS", "86400");
+            assert_eq!(
+                Settings::load(None).unwrap().checkout.order_retention_secs,
+                86_400
+            );
             Ok(())
         });
     }

@@ -37,6 +37,8 @@ pub mod code {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// The request body is larger than allowed.
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// The request body was not received within the server's body read timeout.
+    pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
     /// A POST whose body is not `application/json` (forms, multipart and
     /// plain text are refused: browsers send those cross-site).
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "UNSUPPORTED_MEDIA_TYPE";
@@ -92,6 +94,9 @@ pub mod code {
     pub const SOLD_OUT: &str = "SOLD_OUT";
     /// The member would buy more of a flash-sale SKU than allowed.
     pub const PURCHASE_LIMIT_EXCEEDED: &str = "PURCHASE_LIMIT_EXCEEDED";
+    /// A flash-sale SKU bought outside its sale's window (before it opens
+    /// or after it closes).
+    pub const SALE_NOT_OPEN: &str = "SALE_NOT_OPEN";
     /// The member has fewer points than the order uses.
     pub const INSUFFICIENT_POINTS: &str = "INSUFFICIENT_POINTS";
     /// The member's wallet balance is less than the order uses.
@@ -100,6 +105,9 @@ pub mod code {
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
     /// The first request with this idempotency key is still running.
     pub const IDEMPOTENCY_KEY_IN_PROGRESS: &str = "IDEMPOTENCY_KEY_IN_PROGRESS";
+    /// The `Idempotency-Key` header and the input's `idempotencyKey`
+    /// differ.
+    pub const IDEMPOTENCY_KEY_MISMATCH: &str = "IDEMPOTENCY_KEY_MISMATCH";
     /// The price was computed without a rule; no order is made on it.
     pub const PRICE_DEGRADED: &str = "PRICE_DEGRADED";
     /// No such order for this member.
@@ -239,3 +247,10 @@ pub fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::S
 
 /// Result of internal functions that fail with a client-visible error.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The request body took longer than `server.body_read_timeout_ms`: the
+/// error a request body yields when the server cuts a slow client off, so
+/// the handler reading it can answer `408 REQUEST_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received in time")]
+pub struct BodyTimeout;

@@ -1,5 +1,5 @@
 //! The `bff` command: serve, run demo upstreams, print the schema, mint
-//! demo tokens.
+//! demo tokens, show the outbox's order events.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +66,11 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Order events in the checkout's outbox.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Print a member token signed with the configured key (development
     /// only).
     Token {
@@ -82,6 +87,21 @@ enum Command {
         #[arg(long)]
         ttl_secs: Option<u64>,
         /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print the outbox's order events, one JSON line each, from the
+    /// store the configuration names (Redis, or the embedded file when no
+    /// server holds it open). Reads only: deliveries are not affected.
+    Tail {
+        /// Keep printing new events as they are written (Ctrl-C stops).
+        #[arg(long)]
+        follow: bool,
+        /// TOML config file (`store.*`, `redis_url`).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -142,6 +162,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(%listen, "demo upstreams at /mall, /member, /product");
                 bff::demo::serve_standalone(listener, &settings.demo, faults).await?;
                 Ok(())
+            })
+        }
+        Command::Events {
+            command: EventsCommand::Tail { follow, config },
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            runtime()?.block_on(async {
+                let (_, store) = bff::store::open_with_checkout(
+                    settings.redis_url.as_deref(),
+                    &settings.store.namespace,
+                    &settings.store.data_dir,
+                    false,
+                    Duration::from_secs(settings.checkout.order_retention_secs),
+                )
+                .await?;
+                let mut seen = std::collections::HashMap::new();
+                loop {
+                    bff::outbox::print_new_events(&store, &mut seen, |line| println!("{line}"))
+                        .await?;
+                    if !follow {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             })
         }
         Command::Schema => {

@@ -174,10 +174,17 @@ impl Application {
         };
         let metrics = Metrics::new();
         let upstreams = Upstreams::new(&settings.upstreams, &urls, metrics.clone())?;
+        // The demo member and product services keep their holds and sales
+        // in this process, so on the embedded store the checkout starts
+        // afresh with them (a flash sale open with its whole stock).
+        let demo_checkout = settings.upstreams.member.base_url.is_none()
+            && settings.upstreams.product.base_url.is_none();
         let (store, checkout_store) = crate::store::open_with_checkout(
             settings.redis_url.as_deref(),
             &settings.store.namespace,
             &settings.store.data_dir,
+            demo_checkout,
+            Duration::from_secs(settings.checkout.order_retention_secs),
         )
         .await?;
         let caches = Caches::new(&settings.cache, store.clone(), metrics.clone());

@@ -372,9 +372,7 @@ fn checkout_request(
     if let Some(header) = &req.idempotency_key
         && header != &input.idempotency_key
     {
-        return Err(CheckoutError::BadInput(
-            "the Idempotency-Key header and idempotencyKey differ".into(),
-        ));
+        return Err(CheckoutError::IdempotencyKeyMismatch);
     }
     let idempotency_key = IdempotencyKey::parse(input.idempotency_key)?;
     let cart = input.cart;
@@ -401,7 +399,7 @@ fn checkout_request(
         .bill_amount
         .map(|m| {
             Money::from_minor(m.0).map_err(|_| {
-                CheckoutError::BadInput("billAmount must be between 1 and 1000000000".into())
+                CheckoutError::BadInput("billAmount must be between 1 and 10000000000".into())
             })
         })
         .transpose()?;

@@ -17,6 +17,10 @@ pub enum CheckoutError {
     /// The member would buy more of a SKU than its sale allows.
     #[error("`{0}` has a per-member limit and this order would exceed it")]
     PurchaseLimitExceeded(String),
+    /// A flash-sale SKU outside its sale's window: it is sold only while
+    /// the sale is open, at the sale's price.
+    #[error("`{0}` is on a flash sale that is not open now")]
+    SaleNotOpen(String),
     /// Fewer points than the order uses.
     #[error("not enough points")]
     InsufficientPoints,
@@ -26,6 +30,9 @@ pub enum CheckoutError {
     /// The idempotency key was used for a different request.
     #[error("this idempotency key was used for a different request")]
     IdempotencyKeyReused,
+    /// The `Idempotency-Key` header names another key than the input.
+    #[error("the Idempotency-Key header and input.idempotencyKey must be equal")]
+    IdempotencyKeyMismatch,
     /// The first request with this key is still running.
     #[error("a request with this idempotency key is still running; retry shortly")]
     IdempotencyKeyInProgress,
@@ -75,10 +82,12 @@ impl CheckoutError {
             CheckoutError::BadInput(_) => code::BAD_USER_INPUT,
             CheckoutError::SoldOut(_) => code::SOLD_OUT,
             CheckoutError::PurchaseLimitExceeded(_) => code::PURCHASE_LIMIT_EXCEEDED,
+            CheckoutError::SaleNotOpen(_) => code::SALE_NOT_OPEN,
             CheckoutError::InsufficientPoints => code::INSUFFICIENT_POINTS,
             CheckoutError::InsufficientBalance => code::INSUFFICIENT_BALANCE,
             CheckoutError::IdempotencyKeyReused => code::IDEMPOTENCY_KEY_REUSED,
             CheckoutError::IdempotencyKeyInProgress => code::IDEMPOTENCY_KEY_IN_PROGRESS,
+            CheckoutError::IdempotencyKeyMismatch => code::IDEMPOTENCY_KEY_MISMATCH,
             CheckoutError::PriceDegraded => code::PRICE_DEGRADED,
             CheckoutError::OrderNotFound(_) => code::ORDER_NOT_FOUND,
             CheckoutError::InvalidTransition { .. } => code::INVALID_TRANSITION,
@@ -96,6 +105,8 @@ impl CheckoutError {
         matches!(
             self,
             CheckoutError::Upstream(_)
+                // The same key may buy once the sale opens.
+                | CheckoutError::SaleNotOpen(_)
                 | CheckoutError::Store
                 | CheckoutError::PriceDegraded
                 | CheckoutError::Crashed

@@ -34,7 +34,7 @@ pub use self::error::CheckoutError;
 use self::model::{
     CartPricer, CheckoutOutcome, CheckoutRequest, HoldProgress, OrderRecord, OrderView,
 };
-use crate::domain::{CNY, MemberId, Money, TenantId};
+use crate::domain::{CNY, MallId, MemberId, Money, ProductId, TenantId};
 use crate::store::SharedCheckoutStore;
 use crate::store::checkout::{
     CreateRefusal, Due, IdempotencyBegin, IdempotencyRef, NewOrder, OrderId, OrderStatus,
@@ -379,6 +379,9 @@ impl Checkout {
                     ))
                 })?;
             let (stock, limit) = match &product.flash_sale {
+                Some(sale) if !sale.is_open(chrono::Utc::now()) => {
+                    return Err(CheckoutError::SaleNotOpen(item.product.to_string()));
+                }
                 Some(sale) => (sale.stock, sale.per_member_limit),
                 None => (product.stock, 0),
             };
@@ -621,6 +624,23 @@ impl Checkout {
                 }
             }
         }
+    }
+
+    /// Units of a flash-sale SKU still sellable now: what its stock
+    /// counter has available, or — before the first checkout defined the
+    /// counter — the sale's whole stock.
+    pub async fn remaining(
+        &self,
+        tenant: &TenantId,
+        mall: &MallId,
+        sku: &ProductId,
+        sale_stock: u32,
+    ) -> Result<u32, CheckoutError> {
+        let scope = Scope::new(tenant.clone(), mall.clone());
+        Ok(match self.inner.store.stock(&scope, sku).await? {
+            Some(level) => u32::try_from(level.available).unwrap_or(u32::MAX),
+            None => sale_stock,
+        })
     }
 
     /// A member's order.

@@ -9,12 +9,8 @@ use super::CheckoutError;
 use crate::domain::{CouponId, MallId, MemberId, Money, ProductId, StoreId, TenantId};
 use crate::store::checkout::{OrderId, OrderStatus};
 
-/// Most lines in one order.
-pub const MAX_LINES: usize = 50;
-/// Most units of one line.
-pub const MAX_QUANTITY: u32 = 99;
-/// Largest bill amount, in minor units (¥10,000,000).
-pub const MAX_BILL: i64 = 1_000_000_000;
+/// The cart limits the quote applies too.
+pub use crate::pricing::limits::{MAX_BILL, MAX_CART_LINES, MAX_COUPONS, MAX_QUANTITY};
 
 /// A client's idempotency key: 1–128 characters of `A-Z a-z 0-9 - _ . :`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,17 +82,20 @@ impl Cart {
                     return bad("a billAmount needs the storeId of the store");
                 }
                 if bill.minor() == 0 || bill.minor() > MAX_BILL {
-                    return bad("billAmount must be between 1 and 1000000000");
+                    return bad("billAmount must be between 1 and 10000000000");
                 }
             }
             (None, false) => {}
         }
-        if self.items.len() > MAX_LINES {
+        if self.items.len() > MAX_CART_LINES {
             return bad("a cart has at most 50 lines");
+        }
+        if self.coupons.len() > MAX_COUPONS {
+            return bad("a cart has at most 10 coupons");
         }
         let mut seen = std::collections::HashSet::new();
         for item in &self.items {
-            if item.quantity == 0 || item.quantity > MAX_QUANTITY {
+            if item.quantity == 0 || i64::from(item.quantity) > i64::from(MAX_QUANTITY) {
                 return bad("quantity must be between 1 and 99");
             }
             if !seen.insert(&item.product) {

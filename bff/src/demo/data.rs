@@ -26,12 +26,28 @@ const FLASH_PER_MALL: usize = 5;
 const MEMBERS: usize = 1000;
 /// Stock of every flash-sale SKU (DESIGN: `sku-flash-1` has 100).
 pub const FLASH_STOCK: u32 = 100;
-/// Units one member may buy in a flash sale (the default).
+/// Units one member may buy in a flash sale unless the sale says otherwise.
 pub const FLASH_PER_MEMBER_LIMIT: u32 = 1;
+/// Sales with their own per-member limit (every other sale has
+/// [`FLASH_PER_MEMBER_LIMIT`]).
+pub const FLASH_LIMITS: &[(&str, u32)] = &[("sku-flash-4", 2), ("sku-flash-5", 3)];
+
+/// The per-member limit of a flash-sale SKU.
+pub fn flash_limit(sku: &str) -> u32 {
+    FLASH_LIMITS
+        .iter()
+        .find(|(id, _)| *id == sku)
+        .map_or(FLASH_PER_MEMBER_LIMIT, |(_, limit)| *limit)
+}
 /// 2026-01-01T00:00:00Z: flash windows open here.
 const FLASH_OPEN: i64 = 1_767_225_600;
 /// 2030-01-01T00:00:00Z: flash windows close here.
 const FLASH_CLOSE: i64 = 1_893_456_000;
+/// A sale announced but not open yet: its window opens at
+/// [`UPCOMING_FLASH_OPEN`], so buying it now is `SALE_NOT_OPEN`.
+pub const UPCOMING_FLASH: &str = "sku-flash-15";
+/// 2029-06-01T00:00:00Z: the upcoming sale opens here.
+const UPCOMING_FLASH_OPEN: i64 = 1_874_966_400;
 
 /// A mall as the mall service sends it.
 #[derive(Debug, Clone, Serialize)]
@@ -267,12 +283,16 @@ impl DemoData {
                 let list_price_fen =
                     rng.random_range(5..=2000) * 100 - 10 * rng.random_range(0..=1);
                 let tag = *TAGS.choose(&mut rng).unwrap_or(&"new");
-                let flash = is_flash.then_some(FlashRecord {
+                let flash = is_flash.then(|| FlashRecord {
                     flash_price_fen: list_price_fen / 2,
-                    start_at: FLASH_OPEN,
+                    start_at: if sku_id == UPCOMING_FLASH {
+                        UPCOMING_FLASH_OPEN
+                    } else {
+                        FLASH_OPEN
+                    },
                     end_at: FLASH_CLOSE,
                     flash_stock: FLASH_STOCK,
-                    per_member_limit: FLASH_PER_MEMBER_LIMIT,
+                    per_member_limit: flash_limit(&sku_id),
                 });
                 let idx = t.products.len();
                 t.product_index.insert(sku_id.clone(), idx);
@@ -400,6 +420,11 @@ mod tests {
                 .as_ref()
                 .map(|f| (f.flash_stock, f.per_member_limit)),
             Some((100, 1))
+        );
+        let own_limit = t.product("sku-flash-4").unwrap().flash.as_ref().unwrap();
+        assert_eq!(
+            own_limit.per_member_limit, 2,
+            "a sale can set its own limit"
         );
         assert_eq!(t.store("store-1").unwrap().mall_id, "mall-1");
     }

@@ -162,6 +162,11 @@ impl Shape {
         variables: &Variables,
         errors: &[ServerError],
     ) -> Value {
+        if errors.is_empty() {
+            // Nothing failed: the executor answered every selected field,
+            // in selection order, and there is nothing to complete.
+            return data;
+        }
         let Some(op) = select_operation(doc, operation_name) else {
             return data;
         };
@@ -176,7 +181,6 @@ impl Shape {
             doc,
             vars,
             errors,
-            track: !errors.is_empty(),
             memo: RefCell::new(HashMap::new()),
         };
         let mut map = match data {
@@ -245,9 +249,6 @@ struct Walk<'a> {
     doc: &'a ExecutableDocument,
     vars: VariableValues<'a>,
     errors: &'a [ServerError],
-    /// Paths are only needed to match errors: without errors, none is
-    /// built.
-    track: bool,
     memo: RefCell<CollectMemo<'a>>,
 }
 
@@ -444,13 +445,9 @@ impl<'a> Walk<'a> {
                 Err(Propagate)
             };
         };
-        if self.track {
-            path.push(PathSegment::Field(field.key.to_owned()));
-        }
+        path.push(PathSegment::Field(field.key.to_owned()));
         let result = self.value(&mut value, &shape.ty, shape.composite, &field.sets, path);
-        if self.track {
-            path.pop();
-        }
+        path.pop();
         result.map(|()| Some(value))
     }
 
@@ -506,13 +503,9 @@ impl<'a> Walk<'a> {
                 Value::List(items) => {
                     let mut ok = Ok(());
                     for (index, item) in items.iter_mut().enumerate() {
-                        if self.track {
-                            path.push(PathSegment::Index(index));
-                        }
+                        path.push(PathSegment::Index(index));
                         let r = self.value(item, item_ty, composite, sets, path);
-                        if self.track {
-                            path.pop();
-                        }
+                        path.pop();
                         if r.is_err() {
                             ok = Err(Propagate);
                             break;
@@ -685,8 +678,16 @@ mod tests {
 
     #[test]
     fn a_nullable_field_that_resolved_to_null_stays_null() {
-        let out = complete("{ maybe { id } n }", json!({ "maybe": null, "n": 1 }), &[]);
-        assert_eq!(out, json!({ "maybe": null, "n": 1 }));
+        // Beside a failed field, so the answer is walked.
+        let out = complete(
+            "{ maybe { id } card(id: 1) { name } n }",
+            json!({ "maybe": null, "card": {}, "n": 1 }),
+            &[&["card", "name"]],
+        );
+        assert_eq!(
+            out,
+            json!({ "maybe": null, "card": { "name": null }, "n": 1 })
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   first, one line each, de-duplicated and bounded.
 //! * **Transport errors** have the same shape, so a client always finds
 //!   `errors[].extensions.code`: a malformed body is `400 BAD_REQUEST`, a
-//!   too large one `413 PAYLOAD_TOO_LARGE`, and a presented but invalid
+//!   too large one `413 PAYLOAD_TOO_LARGE`, one sent too slowly
+//!   `408 REQUEST_TIMEOUT`, and a presented but invalid
 //!   token `401 UNAUTHENTICATED` (no token at all is fine: the request is
 //!   anonymous).
 //! * **Documents** are resolved through persisted queries (APQ and the
@@ -187,6 +188,20 @@ fn channel_of(headers: &HeaderMap) -> Option<Channel> {
 
 /// Whether a POST's `Content-Type` is JSON (`application/json`, with at
 /// most a UTF-8 charset).
+/// Whether reading the body failed because the server's body read
+/// timeout passed (the client sent too slowly), not because it was
+/// malformed.
+fn is_body_timeout(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.is::<crate::error::BodyTimeout>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
 fn is_json_body(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -284,10 +299,12 @@ pub async fn graphql(
             "X-Channel must be app, mini-program, web or pos",
         );
     };
+    // A header that is not visible ASCII cannot equal any valid key: it is
+    // kept as empty text, so a checkout sent with it is refused rather than
+    // run under the input's key alone.
     let idempotency_key = headers
         .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| v.to_str().map(str::to_owned).unwrap_or_default());
     let caller = Caller {
         principal,
         channel,
@@ -324,6 +341,13 @@ pub async fn graphql(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         code::PAYLOAD_TOO_LARGE,
                         "the request body is larger than allowed",
+                    )
+                } else if is_body_timeout(&rejection) {
+                    error_response_as(
+                        media,
+                        StatusCode::REQUEST_TIMEOUT,
+                        code::REQUEST_TIMEOUT,
+                        "the request body was not received in time",
                     )
                 } else {
                     bad_request("the request body could not be read")

@@ -1,5 +1,6 @@
-//! HTTP routes beside `/graphql`: the playground, health, readiness,
-//! metrics and (in development) demo tokens; and, in [`server`], the HTTP
+//! HTTP routes beside `/graphql`: the playground, the shop demo page,
+//! health, readiness, metrics, payment notifications and (in development)
+//! demo tokens and the payment simulator; and, in [`server`], the HTTP
 //! server that carries them, with its connection limits.
 
 pub mod admission;
@@ -32,6 +33,7 @@ use crate::startup::AppState;
 #[include = "playground/*"]
 #[include = "playground/**/*"]
 #[include = "console/*"]
+#[include = "shop/*"]
 struct WebAssets;
 
 /// All routes of the app.
@@ -72,7 +74,15 @@ pub fn router(state: AppState) -> Router {
                 "/playground/",
                 get(|| async { asset_response("playground/index.html") }),
             )
-            .route("/playground/{*path}", get(playground_asset));
+            .route("/playground/{*path}", get(playground_asset))
+            // The member-facing demo page (phone-sized): it shows the API
+            // to a newcomer, so it is served where the playground is.
+            .route("/shop", get(|| async { Redirect::permanent("/shop/") }))
+            .route(
+                "/shop/",
+                get(|| async { asset_response("shop/index.html") }),
+            )
+            .route("/shop/{*path}", get(shop_asset));
     }
     if state.settings().rules.console {
         router = router
@@ -87,7 +97,12 @@ pub fn router(state: AppState) -> Router {
             .route("/console/{*path}", get(console_asset));
     }
     if state.settings().dev_tokens_allowed() {
-        router = router.route("/dev/token", get(dev_token));
+        router = router
+            .route("/dev/token", get(dev_token))
+            .merge(payments::simulator_router(
+                state.payments().clone(),
+                state.default_tenant().clone(),
+            ));
     }
     router = router.merge(payments::router(state.payments().clone()));
     router
@@ -201,6 +216,10 @@ fn metrics_access(app: &AppState, headers: &HeaderMap) -> Result<(), Box<Respons
 
 async fn console_asset(Path(path): Path<String>) -> Response {
     asset_response(&format!("console/{path}"))
+}
+
+async fn shop_asset(Path(path): Path<String>) -> Response {
+    asset_response(&format!("shop/{path}"))
 }
 
 fn coded_response(status: StatusCode, code: &str, message: &str) -> Response {

@@ -8,16 +8,22 @@
 //! cannot take a payment yet, `400` for a malformed body, `503` when an
 //! upstream failed (the provider retries). Error bodies carry the stable
 //! code: `{"error": {"code": "INVALID_SIGNATURE", "message": "…"}}`.
+//!
+//! In development (where `/dev/token` is served), `POST /dev/pay/{order}`
+//! simulates the `demo` provider: see [`simulator_router`].
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::checkout::{CheckoutError, PaymentEffect};
-use crate::payment::{PaymentNotifications, SIGNATURE_HEADER};
+use crate::domain::TenantId;
+use crate::payment::{PaymentNotifications, SIGNATURE_HEADER, SimulatedOutcome};
+use crate::store::checkout::OrderId;
 
 /// Largest notification body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -30,6 +36,55 @@ pub fn router<S: Clone + Send + Sync + 'static>(notifications: PaymentNotificati
         .with_state(notifications)
 }
 
+/// The development payment simulator, `POST /dev/pay/{order}`: sends the
+/// `demo` provider's signed notification that the order's external part was
+/// paid (`?outcome=failed`: that it failed) and answers like the provider
+/// route. Mounted only where development tokens are (they prove nothing
+/// either). `?tenant=` names the order's tenant (default: `tenant`).
+pub fn simulator_router<S: Clone + Send + Sync + 'static>(
+    notifications: PaymentNotifications,
+    tenant: TenantId,
+) -> Router<S> {
+    Router::new()
+        .route("/dev/pay/{order}", post(simulate))
+        .with_state((notifications, tenant))
+}
+
+#[derive(Deserialize)]
+struct SimulateQuery {
+    tenant: Option<String>,
+    outcome: Option<String>,
+}
+
+async fn simulate(
+    State((notifications, default_tenant)): State<(PaymentNotifications, TenantId)>,
+    Path(order): Path<String>,
+    Query(query): Query<SimulateQuery>,
+) -> Response {
+    let result = async {
+        let tenant = match query.tenant {
+            Some(t) => TenantId::parse(t)?,
+            None => default_tenant,
+        };
+        let order =
+            OrderId::parse(order.clone()).map_err(|_| CheckoutError::OrderNotFound(order))?;
+        let outcome = match query.outcome.as_deref() {
+            None | Some("succeeded") => SimulatedOutcome::Succeeded,
+            Some("failed") => SimulatedOutcome::Failed,
+            Some(_) => {
+                return Err(CheckoutError::BadInput(
+                    "outcome must be succeeded or failed".into(),
+                ));
+            }
+        };
+        notifications
+            .simulate("demo", &tenant, &order, outcome)
+            .await
+    }
+    .await;
+    answer(result)
+}
+
 async fn notify(
     State(notifications): State<PaymentNotifications>,
     Path(provider): Path<String>,
@@ -38,7 +93,12 @@ async fn notify(
 ) -> Response {
     let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp();
-    match notifications.notify(&provider, signature, &body, now).await {
+    answer(notifications.notify(&provider, signature, &body, now).await)
+}
+
+/// The provider-facing answer to a notification.
+fn answer(result: Result<PaymentEffect, CheckoutError>) -> Response {
+    match result {
         Ok(effect) => Json(json!({
             "effect": match effect {
                 PaymentEffect::Paid => "paid",

@@ -42,6 +42,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::config::ServerSettings;
+use crate::error::BodyTimeout;
 
 /// File descriptors kept free for everything that is not a client
 /// connection: upstream and Redis connections, the store's file, logs.
@@ -379,11 +380,6 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
-
-/// The request body took longer than `server.body_read_timeout_ms`.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body was not received in time")]
-pub struct BodyTimeout;
 
 /// A request body that fails once its deadline passes, however steadily
 /// bytes trickle in.

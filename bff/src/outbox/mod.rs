@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use crate::store::SharedCheckoutStore;
-use crate::store::checkout::OutboxEvent;
+use crate::store::checkout::{OutboxEvent, Scope};
 use crate::upstream::order::{OrderClient, OrderEvent};
 
 /// The consumer group of the order service.
@@ -115,4 +115,45 @@ impl Relay {
         }
         Ok(report)
     }
+}
+
+/// One event as `bff events tail` prints it: a line of JSON with its scope
+/// (`tenant/mall`), position, kind, order, status, version and the order
+/// record after the step.
+pub fn event_line(scope: &Scope, event: &OutboxEvent) -> String {
+    let body = serde_json::from_str::<serde_json::Value>(&event.body)
+        .unwrap_or_else(|_| serde_json::Value::String(event.body.clone()));
+    serde_json::json!({
+        "scope": scope.to_string(),
+        "id": event.id,
+        "kind": event.kind,
+        "order": event.order,
+        "status": event.status,
+        "version": event.version,
+        "body": body,
+    })
+    .to_string()
+}
+
+/// Prints every scope's events not printed yet (`seen`: how many of each
+/// scope's events were printed before) through `print`; answers how many
+/// it printed. Reads only: consumer groups are untouched.
+pub async fn print_new_events(
+    store: &SharedCheckoutStore,
+    seen: &mut std::collections::HashMap<Scope, usize>,
+    mut print: impl FnMut(&str),
+) -> Result<usize, crate::store::StoreError> {
+    let mut printed = 0;
+    let mut scopes = store.scopes().await?;
+    scopes.sort();
+    for scope in scopes {
+        let events = store.outbox_events(&scope).await?;
+        let done = seen.entry(scope.clone()).or_default();
+        for event in events.iter().skip(*done) {
+            print(&event_line(&scope, event));
+            printed += 1;
+        }
+        *done = (*done).max(events.len());
+    }
+    Ok(printed)
 }

@@ -204,6 +204,52 @@ impl PaymentNotifications {
     }
 }
 
+/// What the payment simulator reports to the provider route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimulatedOutcome {
+    /// The member paid.
+    Succeeded,
+    /// The payment failed.
+    Failed,
+}
+
+impl PaymentNotifications {
+    /// The development payment simulator: sends, as `provider` would, a
+    /// correctly signed notification that the external part of `order` was
+    /// paid (or failed), through the same checks as a real notification.
+    /// The payment id is derived from the order, so simulating twice is a
+    /// duplicate, not a second payment.
+    pub async fn simulate(
+        &self,
+        provider: &str,
+        tenant: &TenantId,
+        order: &OrderId,
+        outcome: SimulatedOutcome,
+    ) -> Result<PaymentEffect, CheckoutError> {
+        let secret = self
+            .secrets
+            .get(provider)
+            .ok_or(CheckoutError::InvalidSignature)?;
+        let view = self.checkout.order_any(tenant, order).await?;
+        let body = serde_json::json!({
+            "payment_id": format!("sim-{order}"),
+            "tenant": tenant.as_str(),
+            "order_id": order.as_str(),
+            "amount": view.record.external.minor(),
+            "currency": view.record.currency,
+            "status": match outcome {
+                SimulatedOutcome::Succeeded => "succeeded",
+                SimulatedOutcome::Failed => "failed",
+            },
+        })
+        .to_string();
+        let now = chrono::Utc::now().timestamp();
+        let header = sign(secret.expose_secret(), now, body.as_bytes());
+        self.notify(provider, Some(&header), body.as_bytes(), now)
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

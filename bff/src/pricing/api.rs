@@ -22,13 +22,15 @@ use crate::error::ApiError;
 use crate::graphql::{RequestContext, request};
 use crate::product::{AppliedPromotion, Product};
 
-/// Most lines in one cart.
-pub const MAX_CART_LINES: usize = 100;
-/// Most units of one line.
-pub const MAX_QUANTITY: i32 = 999;
-/// Largest unit price or bill (minor units): ¥100,000,000. With at most
-/// [`MAX_CART_LINES`] lines of [`MAX_QUANTITY`] units, every sum stays far
-/// below [`crate::domain::MAX_MINOR_UNITS`].
+pub use super::limits::{MAX_BILL, MAX_CART_LINES, MAX_COUPONS, MAX_QUANTITY};
+
+/// Most lines in a dry run's sample cart.
+const MAX_SAMPLE_LINES: usize = 100;
+/// Most units of one line of a dry run's sample cart.
+const MAX_SAMPLE_QUANTITY: i32 = 999;
+/// Largest unit price (minor units): ¥100,000,000. With at most
+/// [`MAX_SAMPLE_LINES`] lines of [`MAX_SAMPLE_QUANTITY`] units, every sum
+/// stays far below [`crate::domain::MAX_MINOR_UNITS`].
 pub const MAX_UNIT_PRICE: i64 = 10_000_000_000;
 /// Dry runs that may run at once on a node (they may use large limits).
 const DRY_RUNS_AT_ONCE: usize = 2;
@@ -48,7 +50,7 @@ fn bad(what: &'static str, reason: &'static str) -> ApiError {
 pub struct CartItemInput {
     /// Product (SKU) id.
     pub product_id: ID,
-    /// Units, 1 to 999.
+    /// Units, 1 to 99.
     pub quantity: i32,
 }
 
@@ -59,7 +61,7 @@ pub struct CartInput {
     pub mall_id: ID,
     /// The store, for a store bill (`billAmount`).
     pub store_id: Option<ID>,
-    /// Items to buy (at most 100 lines, each product once).
+    /// Items to buy (at most 50 lines, each product once).
     pub items: Option<Vec<CartItemInput>>,
     /// A bill amount in minor units to pay at `storeId` (1 to
     /// 10000000000).
@@ -931,7 +933,7 @@ fn outcome_view(o: &wit::Outcome) -> RuleOutcome {
 }
 
 fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, ApiError> {
-    if input.lines.len() > MAX_CART_LINES {
+    if input.lines.len() > MAX_SAMPLE_LINES {
         return Err(bad("cart.lines", "must have at most 100 lines"));
     }
     let mut ids = HashSet::new();
@@ -939,7 +941,7 @@ fn sample_cart(tenant: &TenantId, input: &SampleCartInput) -> Result<wit::Cart, 
     for (n, l) in input.lines.iter().enumerate() {
         let quantity = l.quantity.unwrap_or(1);
         let unit_price = l.unit_price.0;
-        if !(1..=MAX_QUANTITY).contains(&quantity) {
+        if !(1..=MAX_SAMPLE_QUANTITY).contains(&quantity) {
             return Err(bad("cart.lines.quantity", "must be between 1 and 999"));
         }
         if !(0..=MAX_UNIT_PRICE).contains(&unit_price) {
@@ -1057,7 +1059,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
         .into_iter()
         .map(|c| c.0)
         .collect();
-    if coupon_ids.len() > 10 {
+    if coupon_ids.len() > MAX_COUPONS {
         return Err(bad("couponIds", "must have at most 10 coupons"));
     }
     let points_to_use = i64::from(input.points_to_use.unwrap_or(0));
@@ -1074,13 +1076,13 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
     match (&input.items, input.bill_amount.map(|m| m.0)) {
         (Some(items), None) => {
             if items.is_empty() || items.len() > MAX_CART_LINES {
-                return Err(bad("items", "must have 1 to 100 lines"));
+                return Err(bad("items", "must have 1 to 50 lines"));
             }
             let mut ids = Vec::with_capacity(items.len());
             let mut seen = HashSet::new();
             for item in items {
                 if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-                    return Err(bad("items.quantity", "must be between 1 and 999"));
+                    return Err(bad("items.quantity", "must be between 1 and 99"));
                 }
                 let id = ProductId::parse(item.product_id.0.clone()).map_err(ApiError::from)?;
                 if !seen.insert(id.clone()) {
@@ -1109,7 +1111,7 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
             }
         }
         (None, Some(amount)) => {
-            if !(1..=MAX_UNIT_PRICE).contains(&amount) {
+            if !(1..=MAX_BILL).contains(&amount) {
                 return Err(bad("billAmount", "must be between 1 and 10000000000"));
             }
             let store_id = input

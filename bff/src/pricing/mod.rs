@@ -6,6 +6,7 @@
 pub mod api;
 pub mod engine;
 pub mod host;
+pub mod limits;
 pub mod model;
 pub mod pool;
 pub mod registry;

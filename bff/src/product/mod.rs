@@ -50,7 +50,7 @@ pub struct Product {
 }
 
 /// A flash-sale window on a product.
-#[derive(Debug, Clone, SimpleObject, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FlashSale {
     /// Price during the window.
     pub price: Money,
@@ -61,8 +61,74 @@ pub struct FlashSale {
     /// Units offered in the flash sale.
     pub stock: u32,
     /// Most units one member may buy in the sale (0: no limit).
-    #[graphql(skip)]
     pub per_member_limit: u32,
+}
+
+impl FlashSale {
+    /// Whether the sale's window is open at `now` (from its start, up to
+    /// but excluding its end). A flash-sale SKU is sold only then.
+    pub fn is_open(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.starts_at.0 <= now && now < self.ends_at.0
+    }
+}
+
+/// A product's flash sale as clients see it: the window, and what is left
+/// of it now (the checkout's stock, which is the admission gate).
+pub struct FlashSaleView<'a> {
+    sale: &'a FlashSale,
+    product: &'a Product,
+}
+
+/// A flash-sale window on a product.
+#[Object(name = "FlashSale")]
+impl FlashSaleView<'_> {
+    /// Price during the window.
+    async fn price(&self) -> Money {
+        self.sale.price
+    }
+    /// When the window opens.
+    async fn starts_at(&self) -> crate::domain::Timestamp {
+        self.sale.starts_at
+    }
+    /// When the window closes.
+    async fn ends_at(&self) -> crate::domain::Timestamp {
+        self.sale.ends_at
+    }
+    /// Units offered in the flash sale in all.
+    async fn stock(&self) -> u32 {
+        self.sale.stock
+    }
+    /// Most units one member may buy in the sale (0: no limit).
+    async fn per_member_limit(&self) -> u32 {
+        self.sale.per_member_limit
+    }
+    /// Units still sellable now: the sale's stock less what unpaid and paid
+    /// orders hold (units of cancelled or expired orders come back); 0
+    /// outside the sale's window.
+    async fn remaining(&self, ctx: &Context<'_>) -> Result<u32> {
+        if !self.sale.is_open(chrono::Utc::now()) {
+            // Nothing is sellable before the window opens or after it ends.
+            return Ok(0);
+        }
+        let req = request(ctx)?;
+        let checkout = req.checkout.as_ref().ok_or_else(|| {
+            tracing::error!("checkout service missing from the request context");
+            ApiError::Coded {
+                code: crate::error::code::INTERNAL_SERVER_ERROR,
+                message: "internal error".into(),
+            }
+        })?;
+        let remaining = checkout
+            .remaining(
+                req.principal.tenant(),
+                &self.product.mall_id,
+                &self.product.id,
+                self.sale.stock,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(remaining)
+    }
 }
 
 /// A price for the asking member: the list price, what they pay, and
@@ -270,8 +336,11 @@ impl Product {
         Ok(req.prices.get(&self.id))
     }
     /// The product's flash-sale window, if it has one.
-    async fn flash_sale(&self) -> Option<&FlashSale> {
-        self.flash_sale.as_ref()
+    async fn flash_sale(&self) -> Option<FlashSaleView<'_>> {
+        self.flash_sale.as_ref().map(|sale| FlashSaleView {
+            sale,
+            product: self,
+        })
     }
 }
 
@@ -281,6 +350,23 @@ pub struct ProductQuery;
 
 #[Object]
 impl ProductQuery {
+    /// One product (a product detail page); null if no product has this
+    /// id. A malformed id is refused (`BAD_USER_INPUT`).
+    async fn product(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The product's id (SKU).")] id: ID,
+    ) -> Result<Option<Product>> {
+        let id = ProductId::parse(id.0).map_err(ApiError::from)?;
+        let req = request(ctx)?;
+        Ok(req
+            .loaders
+            .products
+            .load_one(id)
+            .await
+            .map_err(ApiError::from)?)
+    }
+
     /// A mall's products, in recommended order, a page at a time.
     #[graphql(
         complexity = "first.unwrap_or(DEFAULT_PAGE as i32).clamp(1, MAX_PAGE as i32) as usize * child_complexity"

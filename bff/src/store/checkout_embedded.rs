@@ -61,6 +61,29 @@ pub(super) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+impl EmbeddedStore {
+    /// Empties the checkout's tables (stock, orders, idempotency records,
+    /// the due index and the outbox) in one transaction, keeping everything
+    /// else. For a development node whose demo upstreams live in the same
+    /// process: their holds and the demo order service start empty on every
+    /// start, so the checkout's state must too.
+    pub fn reset_checkout(&self) -> Result<(), StoreError> {
+        let db = self.database();
+        let tx = db.begin_write()?;
+        for table in [STOCK, ORDERS, IDEM, OUTBOX, PENDING] {
+            tx.delete_table(table)?;
+        }
+        tx.delete_table(BOUGHT)?;
+        tx.delete_table(DUE)?;
+        tx.delete_table(SEQ)?;
+        tx.delete_table(GROUPS)?;
+        tx.delete_table(SCOPES)?;
+        create_tables(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// An order row.
 #[derive(Serialize, Deserialize)]
 struct OrderRow {

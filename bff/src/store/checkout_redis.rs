@@ -55,7 +55,9 @@ return {'created'}
 
 /// KEYS: order, due, outbox, then (stock, bought) per line.
 /// ARGV: version, status, to, body, stock effect, due mode, due at,
-/// payment id, event kind, order id, member, n, qty per line.
+/// payment id, event kind, order id, member, n, qty per line, retention.
+/// An order that reaches a final status with nothing left to do (its due
+/// entry cleared) is kept for the retention time, then Redis drops it.
 const APPLY: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], 'status', 'version', 'reservation')
 if not cur[1] then return 'missing' end
@@ -85,6 +87,8 @@ if ARGV[6] == 'set' then redis.call('ZADD', KEYS[2], ARGV[7], ARGV[10]) end
 if ARGV[6] == 'clear' then redis.call('ZREM', KEYS[2], ARGV[10]) end
 redis.call('XADD', KEYS[3], '*', 'kind', ARGV[9], 'order', ARGV[10],
   'status', ARGV[3], 'version', version, 'body', ARGV[4])
+local final = ARGV[3] == 'COMPLETED' or ARGV[3] == 'CANCELLED' or ARGV[3] == 'EXPIRED'
+if final and ARGV[6] == 'clear' then redis.call('PEXPIRE', KEYS[1], ARGV[13 + n]) end
 return 'applied:' .. version
 "#;
 
@@ -513,6 +517,7 @@ impl CheckoutStore for RedisStore {
         for line in &current.lines {
             invocation.arg(line.quantity);
         }
+        invocation.arg(self.order_retention_ms());
         let mut c = self.connection();
         let answer: String = invocation.invoke_async(&mut c).await.map_err(err)?;
         match answer.as_str() {

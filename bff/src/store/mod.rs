@@ -4,7 +4,8 @@
 //!
 //! Data is kept in *spaces* (a Redis hash each; a key prefix in the embedded
 //! file). Events are broadcast to every node: in-process for the embedded
-//! store, over Redis pub/sub for Redis.
+//! store, over Redis pub/sub for Redis. The Redis backend runs on one server
+//! or on a Redis Cluster (`redis+cluster://` URLs).
 //!
 //! The checkout has its own domain operations ([`checkout::CheckoutStore`]:
 //! stock, orders, idempotency, the due index, the outbox), implemented by
@@ -15,6 +16,7 @@ mod checkout_embedded;
 mod checkout_redis;
 mod embedded;
 mod redis;
+mod redis_connection;
 
 use std::sync::Arc;
 
@@ -157,20 +159,32 @@ pub async fn open(
 
 /// Opens the store like [`open`], answering it both as the general store
 /// and as the checkout's store (one connection pool, or one file: the
-/// embedded file cannot be opened twice).
+/// embedded file cannot be opened twice). With `fresh_checkout`, the
+/// embedded file's checkout state is emptied first (see
+/// [`EmbeddedStore::reset_checkout`]); a Redis namespace is never emptied.
+/// On Redis, finished orders are kept for `order_retention`.
 pub async fn open_with_checkout(
     redis_url: Option<&str>,
     namespace: &str,
     data_dir: &std::path::Path,
+    fresh_checkout: bool,
+    order_retention: std::time::Duration,
 ) -> anyhow::Result<(SharedStore, SharedCheckoutStore)> {
     match redis_url {
         Some(url) => {
-            let store = Arc::new(RedisStore::connect(url, namespace).await?);
+            let store = Arc::new(
+                RedisStore::connect(url, namespace)
+                    .await?
+                    .with_order_retention(order_retention),
+            );
             Ok((store.clone(), store))
         }
         None => {
             std::fs::create_dir_all(data_dir)?;
             let store = Arc::new(EmbeddedStore::open(&data_dir.join("bff.redb"))?);
+            if fresh_checkout {
+                store.reset_checkout()?;
+            }
             Ok((store.clone(), store))
         }
     }

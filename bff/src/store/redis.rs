@@ -1,15 +1,28 @@
 //! The Redis backend: one hash per space under a namespace, events over
 //! pub/sub. A dropped subscription is re-established and announced as
 //! [`Event::Resync`] so listeners reload what they may have missed.
+//!
+//! It runs on one Redis server or on a Redis Cluster (see
+//! [`super::redis_connection`]), so every key follows the **hash-tag rule**:
+//! all the keys one script (or one `MULTI`, or one multi-key command) touches
+//! must hash to one cluster slot. Either the script takes a single key (the
+//! compare-and-set below: one hash per space), or every key it names carries
+//! the same `{...}` hash tag (the checkout's scripts: `{tenant:mall}` per
+//! scope, `{tenant}` for idempotency records). A tagged key holds exactly
+//! one braced part: braces coming from configuration (the namespace) are
+//! replaced in it, so the tag is always the intended one. Key names stay plain
+//! strings, so the same names work on a single Redis. Scripts never build
+//! key names inside Lua: every key is passed in `KEYS`, which is how a
+//! cluster routes the call.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
 
+use super::redis_connection::{Connection, Target, connect_cluster};
 use super::{Event, Store, StoreError};
 
 const CAS: &str = r#"
@@ -50,13 +63,18 @@ return 0
 /// A store shared by every node through Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     namespace: String,
     events: broadcast::Sender<Event>,
     cas: redis::Script,
     admit: redis::Script,
     checkout: super::checkout_redis::Scripts,
+    /// How long a finished order is kept (milliseconds).
+    order_retention_ms: u64,
 }
+
+/// How long finished orders are kept on Redis unless configured: 30 days.
+pub const DEFAULT_ORDER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,8 +86,14 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects, and starts the event subscription. Keys are
-    /// `<namespace>:<space>`; events travel on `<namespace>:events`.
+    /// `<namespace>:<space>`; events travel on `<namespace>:events`. A
+    /// `redis+cluster://` URL selects a Redis Cluster.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
+        let target = Target::parse(url)?;
+        if let Target::Cluster(seeds) = &target {
+            let connection = connect_cluster(seeds).await?;
+            return Self::start(connection, target.subscribers()?, namespace).await;
+        }
         let client = redis::Client::open(url).map_err(StoreError::from_display)?;
         // Replies to a checkout script can take longer than the client's
         // default half second on a loaded box, and a timed-out script may
@@ -83,12 +107,22 @@ impl RedisStore {
         .await
         .map_err(|_| StoreError("timed out connecting to Redis".into()))?
         .map_err(StoreError::from_display)?;
+        Self::start(connection.into(), vec![client], namespace).await
+    }
+
+    /// Subscribes to events through `subscribers` (tried in turn) and
+    /// assembles the store.
+    async fn start(
+        connection: Connection,
+        subscribers: Vec<redis::Client>,
+        namespace: &str,
+    ) -> Result<Self, StoreError> {
         let (events, _) = broadcast::channel(1024);
         let channel = format!("{namespace}:events");
         // Subscribe before returning, so no event published after `connect`
         // is missed.
-        let first = subscribe(&client, &channel).await?;
-        tokio::spawn(listen(client, channel, events.clone(), first));
+        let (first, at) = subscribe_any(&subscribers, 0, &channel).await?;
+        tokio::spawn(listen(subscribers, at, channel, events.clone(), first));
         Ok(Self {
             connection,
             namespace: namespace.to_owned(),
@@ -96,7 +130,20 @@ impl RedisStore {
             cas: redis::Script::new(CAS),
             admit: redis::Script::new(ADMIT),
             checkout: super::checkout_redis::Scripts::new(),
+            order_retention_ms: duration_ms(DEFAULT_ORDER_RETENTION),
         })
+    }
+
+    /// Keeps finished orders (completed, cancelled or expired, nothing left
+    /// to do) for `retention`, then lets Redis drop them (at least 1 ms).
+    pub fn with_order_retention(mut self, retention: Duration) -> Self {
+        self.order_retention_ms = duration_ms(retention).max(1);
+        self
+    }
+
+    /// How long a finished order is kept, in milliseconds.
+    pub(super) fn order_retention_ms(&self) -> u64 {
+        self.order_retention_ms
     }
 
     /// The key namespace.
@@ -105,7 +152,7 @@ impl RedisStore {
     }
 
     /// A handle on the shared connection.
-    pub(super) fn connection(&self) -> ConnectionManager {
+    pub(super) fn connection(&self) -> Connection {
         self.connection.clone()
     }
 
@@ -140,8 +187,32 @@ async fn subscribe(
     Ok(pubsub)
 }
 
+/// How long subscribing to one node may take before the next is tried.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Subscribes through the first client that answers, starting at `from`;
+/// returns the subscription and the index of that client.
+async fn subscribe_any(
+    clients: &[redis::Client],
+    from: usize,
+    channel: &str,
+) -> Result<(redis::aio::PubSub, usize), StoreError> {
+    let mut last = StoreError("no Redis node to subscribe to".into());
+    for n in 0..clients.len() {
+        let at = (from + n) % clients.len();
+        // A node that does not answer must not hold up the others.
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&clients[at], channel)).await {
+            Ok(Ok(pubsub)) => return Ok((pubsub, at)),
+            Ok(Err(error)) => last = error,
+            Err(_) => last = StoreError("timed out subscribing to Redis".into()),
+        }
+    }
+    Err(last)
+}
+
 async fn listen(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
+    mut at: usize,
     channel: String,
     events: broadcast::Sender<Event>,
     first: redis::aio::PubSub,
@@ -150,8 +221,11 @@ async fn listen(
     loop {
         let current = match pubsub.take() {
             Some(p) => p,
-            None => match subscribe(&client, &channel).await {
-                Ok(p) => {
+            // Start with the node after the one that went away: on a
+            // cluster, any live node hears every publish.
+            None => match subscribe_any(&clients, at + 1, &channel).await {
+                Ok((p, now_at)) => {
+                    at = now_at;
                     let _ = events.send(Event::Resync);
                     p
                 }
@@ -293,9 +367,11 @@ impl Store for RedisStore {
         }
         let mut invocation = self.admit.prepare_invoke();
         for limit in limits {
-            // One hash tag per scope: the keys of one call share a slot.
+            // One hash tag per scope: the keys of one call share a slot
+            // (braces from configuration would change the tag).
+            let tag = format!("{}:rate:{scope}", self.namespace).replace(['{', '}'], "_");
             invocation
-                .key(format!("{{{}:rate:{scope}}}:{}", self.namespace, limit.key))
+                .key(format!("{{{tag}}}:{}", limit.key))
                 .arg(
                     u64::try_from(limit.interval.as_micros())
                         .unwrap_or(u64::MAX)
@@ -339,4 +415,8 @@ impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -147,7 +147,84 @@ async fn the_idempotency_key_header_must_match_the_input() {
         .await
         .unwrap();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(codes(&body), ["BAD_USER_INPUT"], "{body}");
+    assert_eq!(codes(&body), ["IDEMPOTENCY_KEY_MISMATCH"], "{body}");
+
+    // An equal header is accepted.
+    let resp = app
+        .http
+        .post(format!("{}/graphql", app.url))
+        .bearer_auth(app.token("member-4"))
+        .header("Idempotency-Key", "same-key")
+        .json(&json!({
+            "query": CHECKOUT,
+            "variables": { "input": { "cart": bill(100), "idempotencyKey": "same-key" } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    assert_eq!(
+        body["data"]["checkout"]["order"]["status"],
+        "AWAITING_PAYMENT"
+    );
+}
+
+/// A product of `mall-1` (not on flash sale) with at least `units` in stock.
+async fn product_with_stock(app: &TestApp, units: u32) -> String {
+    let tenant = bff::domain::TenantId::parse("demo").unwrap();
+    let ids: Vec<_> = (1..=60)
+        .map(|n| bff::domain::ProductId::parse(format!("sku-{n}")).unwrap())
+        .collect();
+    let found = app
+        .state
+        .upstreams()
+        .product
+        .products_by_ids(&tenant, &ids)
+        .await
+        .unwrap();
+    ids.iter()
+        .filter_map(|id| found.get(id))
+        .find(|p| p.mall_id.as_str() == "mall-1" && p.stock >= units)
+        .map(|p| p.id.to_string())
+        .expect("a mall-1 product with enough stock")
+}
+
+#[tokio::test]
+async fn quote_and_checkout_accept_and_refuse_the_same_carts_at_the_limits() {
+    let app = spawn_app().await;
+    let token = app.token("member-6");
+    let sku = product_with_stock(&app, 99).await;
+    let items = |quantity: i64| json!({ "mallId": "mall-1", "items": [{ "productId": sku, "quantity": quantity }] });
+    let cases = [
+        ("units-99", items(99), true),
+        ("units-100", items(100), false),
+        ("units-0", items(0), false),
+        ("bill-max", bill(10_000_000_000), true),
+        ("bill-over", bill(10_000_000_001), false),
+    ];
+    for (key, cart, accepted) in cases {
+        let (_, quote) = app
+            .query_vars(QUOTE, json!({ "input": cart }), Some(&token))
+            .await;
+        let checked = checkout(&app, &token, cart.clone(), key).await;
+        if accepted {
+            assert_eq!(quote["errors"], Value::Null, "quote {key}: {quote}");
+            assert_eq!(checked["errors"], Value::Null, "checkout {key}: {checked}");
+            assert_eq!(
+                checked["data"]["checkout"]["order"]["payable"]["amount"],
+                quote["data"]["quote"]["payable"]["amount"],
+                "{key}"
+            );
+        } else {
+            assert_eq!(codes(&quote), ["BAD_USER_INPUT"], "quote {key}: {quote}");
+            assert_eq!(
+                codes(&checked),
+                ["BAD_USER_INPUT"],
+                "checkout {key}: {checked}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! One conformance suite for the checkout's store operations on both
-//! backends: the embedded file and Redis, each test in its own namespace.
+//! backends: the embedded file and Redis (one server, and a local 3-master
+//! Redis Cluster), each test in its own namespace.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use bff::store::checkout::{
 };
 use bff::store::{EmbeddedStore, RedisStore, SharedCheckoutStore};
 
+use crate::local_redis::cluster_url;
 use crate::store::{redis_url, unique_namespace};
 
 /// A fresh embedded store (its directory lives as long as the store).
@@ -25,6 +27,16 @@ pub async fn redis(test: &str) -> SharedCheckoutStore {
         RedisStore::connect(&redis_url(), &unique_namespace(test))
             .await
             .expect("Redis answers (set BFF_REDIS_URL)"),
+    )
+}
+
+/// A store on the shared local Redis Cluster, in a namespace of its own.
+pub async fn cluster(test: &str) -> SharedCheckoutStore {
+    let url = tokio::task::spawn_blocking(cluster_url).await.unwrap();
+    Arc::new(
+        RedisStore::connect(&url, &unique_namespace(test))
+            .await
+            .expect("the local Redis Cluster answers"),
     )
 }
 
@@ -597,4 +609,114 @@ async fn the_embedded_checkout_store_never_oversells_under_1000_concurrent_buyer
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_redis_checkout_store_never_oversells_under_1000_concurrent_buyers() {
     never_oversells(redis("co-oversell").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_reserves_and_moves_stock_exactly_once() {
+    stock_and_orders(cluster("co-stock").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_writes_one_event_per_step_and_redelivers_unacked_ones() {
+    every_step_writes_exactly_one_event(cluster("co-outbox").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_leases_due_orders_to_one_sweeper() {
+    due_orders_are_claimed_by_one_sweeper_at_a_time(cluster("co-due").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_keeps_idempotency_records() {
+    idempotency_records(cluster("co-idem").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_checkout_store_never_oversells_under_1000_concurrent_buyers() {
+    never_oversells(cluster("co-oversell").await).await;
+}
+
+#[tokio::test]
+async fn on_redis_a_finished_order_expires_after_its_retention_and_an_open_one_never_does() {
+    let namespace = unique_namespace("co-retention");
+    let retention = std::time::Duration::from_secs(2 * 24 * 3600);
+    let store: SharedCheckoutStore = Arc::new(
+        RedisStore::connect(&redis_url(), &namespace)
+            .await
+            .unwrap()
+            .with_order_retention(retention),
+    );
+    let scope = scope();
+    let sku = ProductId::parse("sku-flash-1").unwrap();
+    store.define_stock(&scope, &sku, 10, 0).await.unwrap();
+    let member = MemberId::parse("member-1").unwrap();
+    let new = |unique: &str| NewOrder {
+        id: OrderId::new(&scope.mall, unique).unwrap(),
+        member: member.clone(),
+        lines: vec![StockLine {
+            sku: sku.clone(),
+            quantity: 1,
+        }],
+        due_at_ms: 0,
+        body: "{}".into(),
+    };
+    let open = new("0000000000000001");
+    let done = new("0000000000000002");
+    for order in [&open, &done] {
+        store.create_order(&scope, order).await.unwrap().unwrap();
+    }
+    let cancel = |due| Step {
+        expect_version: 2,
+        expect_status: OrderStatus::Reserved,
+        to: OrderStatus::Cancelled,
+        body: "{}".into(),
+        stock: StockEffect::Release,
+        due,
+        payment_id: None,
+        event: "order.cancelled".into(),
+    };
+    // Cancelled with a hold still to release: kept until that is done.
+    assert_eq!(
+        store
+            .apply(&scope, &open.id, &cancel(Due::At(0)))
+            .await
+            .unwrap(),
+        StepOutcome::Applied(3)
+    );
+    assert_eq!(
+        store
+            .apply(&scope, &done.id, &cancel(Due::Clear))
+            .await
+            .unwrap(),
+        StepOutcome::Applied(3)
+    );
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let c = client.get_multiplexed_async_connection().await.unwrap();
+    let key = |id: &OrderId| format!("{namespace}:co:{{demo:mall-1}}:order:{id}");
+    let ttl = |id: &OrderId| {
+        let key = key(id);
+        let mut c = c.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        ttl(&open.id).await,
+        -1,
+        "an order with work left never expires"
+    );
+    let left = ttl(&done.id).await;
+    assert!(
+        left > 0 && left <= retention.as_millis() as i64,
+        "a finished order expires after its retention: {left} ms"
+    );
+    assert!(
+        left > (retention.as_millis() as i64) / 2,
+        "the retention is the configured one: {left} ms"
+    );
 }

@@ -368,7 +368,7 @@ async fn the_registry_round_trip_works_on_redis_too() {
     registry_round_trip(&app).await;
 }
 
-async fn gold_price_of(app: &TestApp, id: &Value) -> i64 {
+pub(crate) async fn gold_price_of(app: &TestApp, id: &Value) -> i64 {
     let gold = products(app, Some(&app.token("member-1"))).await;
     gold.iter().find(|p| &p["id"] == id).unwrap()["price"]["final"]["amount"]
         .as_i64()
@@ -438,8 +438,13 @@ async fn registry_round_trip(app: &TestApp) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_node_sharing_redis_sees_an_activation_within_a_second() {
+    two_nodes_see_an_activation_within_a_second(redis_url()).await;
+}
+
+/// Two nodes on the store at `url`: a rule change on one reaches the other
+/// within a second, both ways.
+pub(crate) async fn two_nodes_see_an_activation_within_a_second(url: String) {
     let ns = unique_namespace("two-nodes");
-    let url = redis_url();
     let (ns_a, url_a) = (ns.clone(), url.clone());
     let a = spawn_app_with(|s| {
         s.redis_url = Some(url_a);
@@ -741,6 +746,10 @@ async fn malformed_and_wrong_world_binaries_are_refused_at_upload() {
     let (status, body) = upload(&app, Some(&token), wasm("hostile_wrong_world")).await;
     assert_eq!(status, 422);
     assert_eq!(codes(&body), vec!["WRONG_WORLD"], "{body}");
+    // Right world, but instantiating it traps: its own code, not its shape.
+    let (status, body) = upload(&app, Some(&token), wasm("hostile_start_trap")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(codes(&body), vec!["RULE_START_TRAPPED"], "{body}");
     // A config the rule refuses is refused at publish.
     let (_, up) = upload(&app, Some(&token), wasm("rule_member_discount")).await;
     let body = publish(&app, json!({ "name": "bad-config", "component": up["sha256"], "config": "{\"levels\":{\"gold\":20000}}", "stage": "ITEM" })).await;

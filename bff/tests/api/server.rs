@@ -169,7 +169,8 @@ async fn a_client_trickling_its_body_is_cut_off() {
 
     assert!(closed.is_ok(), "a trickled body keeps its connection");
     let response = String::from_utf8_lossy(&received);
-    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("REQUEST_TIMEOUT"), "{response}");
 }
 
 #[tokio::test]

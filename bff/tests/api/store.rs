@@ -1,6 +1,6 @@
 //! One conformance suite for both store backends: the embedded file and
-//! Redis (`BFF_REDIS_URL`, default the local server), each test in its own
-//! namespace.
+//! Redis (`BFF_REDIS_URL`, default the local server; and a local 3-master
+//! Redis Cluster the tests start), each test in its own namespace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ pub fn unique_namespace(test: &str) -> String {
     )
 }
 
-async fn conformance(store: SharedStore) {
+pub(crate) async fn conformance(store: SharedStore) {
     // Absent keys.
     assert_eq!(store.get("space", "a").await.unwrap(), None);
     assert!(store.list("space").await.unwrap().is_empty());
