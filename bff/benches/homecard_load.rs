@@ -15,6 +15,12 @@
 //! * the DataLoader batching delay: 0 µs, 100 µs and 1 ms on the card and
 //!   on a query whose batching relies on the delay alone.
 //!
+//! With `BENCH_ONLY=cache` it runs only the two-level cache and admission
+//! section instead (Redis at `BFF_REDIS_URL`, default the local server):
+//! the card with the cache off, with the reference cache of before, with
+//! L1 only and with L1 + L2; upstream calls per card cold and warm; and the
+//! cost of rate limiting per request on Redis and on the embedded store.
+//!
 //! Figures are written to stdout as Markdown; `bff/docs/benchmarks.md`
 //! records them.
 
@@ -28,7 +34,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use bff::auth::Authenticator;
-use bff::config::{AuthSettings, CacheSettings, UpstreamsSettings};
+use bff::config::{AuthSettings, UpstreamsSettings};
 use bff::domain::{MallId, TenantId};
 use bff::metrics::Metrics;
 use bff::product::Product;
@@ -336,10 +342,52 @@ async fn upstream_calls(bff: &str) -> Vec<(String, f64)> {
 /// A BFF process; `rules` installs the demo promotion deployments (the
 /// hand-written baseline applies none, so comparisons with it run without).
 fn start_bff(upstreams: &str, delay_us: u64, cache: bool, rules: bool) -> (Proc, String) {
+    let mode = if cache { Cache::Reference } else { Cache::Off };
+    start_bff_with(upstreams, delay_us, mode, rules, &[])
+}
+
+/// What a benchmarked BFF caches.
+#[derive(Clone, Copy, PartialEq)]
+enum Cache {
+    /// Nothing.
+    Off,
+    /// Malls and stores in-process only (the card's cache before the
+    /// two-level cache).
+    Reference,
+    /// Every kind, in-process only (L2 off).
+    L1,
+    /// Every kind, in-process and in Redis.
+    L1L2,
+}
+
+fn start_bff_with(
+    upstreams: &str,
+    delay_us: u64,
+    cache: Cache,
+    rules: bool,
+    extra: &[(&str, String)],
+) -> (Proc, String) {
     let port = free_port();
     let data = tempfile::tempdir().expect("temp dir");
+    let ttl = |on: bool| if on { "60" } else { "0" };
+    let reference = cache != Cache::Off;
+    let catalogue = matches!(cache, Cache::L1 | Cache::L1L2);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bff"));
+    command
+        .env("BFF_CACHE__MALL_TTL_SECS", ttl(reference))
+        .env("BFF_CACHE__STORE_TTL_SECS", ttl(reference))
+        .env("BFF_CACHE__PRODUCT_TTL_SECS", ttl(catalogue))
+        .env("BFF_CACHE__LISTING_TTL_SECS", ttl(catalogue))
+        .env("BFF_CACHE__FLASH_SALE_TTL_SECS", ttl(catalogue))
+        .env("BFF_CACHE__L2", (cache == Cache::L1L2).to_string())
+        .env("BFF_CACHE__PREWARM_INTERVAL_SECS", "0")
+        // One member sends every request: rates off unless measured.
+        .env("BFF_ADMISSION__ENABLED", "false");
+    for (key, value) in extra {
+        command.env(key, value);
+    }
     let mut proc = spawn(
-        Command::new(env!("CARGO_BIN_EXE_bff"))
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("BFF_LOG__FILTER", "warn")
             .env("BFF_ENVIRONMENT", "development")
@@ -353,10 +401,6 @@ fn start_bff(upstreams: &str, delay_us: u64, cache: bool, rules: bool) -> (Proc,
                 format!("{upstreams}/product"),
             )
             .env("BFF_GRAPHQL__DATALOADER_DELAY_US", delay_us.to_string())
-            .env(
-                "BFF_CACHE__REFERENCE_TTL_SECS",
-                if cache { "60" } else { "0" },
-            )
             .env("BFF_STORE__DATA_DIR", data.path())
             .env("BFF_RULES__DEMO_DEPLOYMENTS", rules.to_string()),
     );
@@ -400,6 +444,10 @@ async fn run() {
         "{conns} connections, {secs} s per run, {} cores.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("cache") {
+        cache_and_admission(&token, &card_body, secs, conns).await;
+        return;
+    }
 
     for latency in [0u64, 5] {
         let up_port = free_port();
@@ -647,6 +695,175 @@ async fn run() {
     drop(upstreams);
 }
 
+/// Upstream calls per card so far: every endpoint of `bff`'s `/metrics`.
+async fn total_calls(bff: &str) -> f64 {
+    upstream_calls(bff).await.iter().map(|(_, n)| n).sum()
+}
+
+/// The two-level cache and admission control: the card with the cache off,
+/// with today's reference cache (malls and stores in-process), with every
+/// kind in L1 only and in L1 + L2 (Redis); upstream calls per card cold and
+/// warm; the same card with the rate limiter checking every request on
+/// Redis and on the embedded store.
+async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: usize) {
+    let redis = std::env::var("BFF_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let latency = env_or("BENCH_LATENCY_MS", 5u64);
+    let up_port = free_port();
+    let upstreams = spawn(Command::new(env!("CARGO_BIN_EXE_bff")).args([
+        "upstreams",
+        "--listen",
+        &format!("127.0.0.1:{up_port}"),
+        "--latency-ms",
+        &latency.to_string(),
+    ]));
+    let up_url = format!("http://127.0.0.1:{up_port}");
+    wait_up(&format!("{up_url}/mall/healthz")).await;
+    println!("## Two-level cache (member card, upstream latency {latency} ms)\n");
+    println!(
+        "| target | req/s | p50 ms | p99 ms | server CPU | server CPU µs/req | machine CPU (of 200%) | peak RSS MiB | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut calls = Vec::new();
+    let mut rps = Vec::new();
+    let namespace = |what: &str| format!("bench-{what}-{}-{}", std::process::id(), free_port());
+    for (name, mode) in [
+        ("cache off", Cache::Off),
+        ("reference cache (malls, stores; before)", Cache::Reference),
+        ("two-level cache, L2 off (L1 only)", Cache::L1),
+        ("two-level cache, L1 + L2 on Redis", Cache::L1L2),
+    ] {
+        let extra = vec![
+            ("BFF_REDIS_URL", redis.clone()),
+            ("BFF_STORE__NAMESPACE", namespace("cache")),
+        ];
+        let (bff, url) = start_bff_with(&up_url, 0, mode, false, &extra);
+        wait_up(&format!("{url}/healthz")).await;
+        let target = Target::graphql(&url, token, card_body.clone(), bff.pid());
+        let http = reqwest::Client::new();
+        let c0 = total_calls(&url).await;
+        assert!(send(&http, &target).await, "the card renders");
+        let cold = total_calls(&url).await - c0;
+        let c1 = total_calls(&url).await;
+        let stats = closed_loop(&target, conns, secs).await;
+        let cards = stats.rps * secs as f64 + conns as f64;
+        let warm = (total_calls(&url).await - c1) / cards;
+        println!("{}", row(name, &stats, peak_rss_mib(target.pid)));
+        calls.push((name, cold, warm));
+        rps.push(stats.rps);
+        drop(bff);
+    }
+    println!();
+    println!(
+        "| target | upstream calls, first (cold) card | upstream calls per warm card | of which cached kinds |"
+    );
+    println!("|---|---|---|---|");
+    for (name, cold, warm) in &calls {
+        // The member card always asks the member service twice (member,
+        // coupons): personal data is never cached.
+        println!(
+            "| {name} | {cold:.0} | {warm:.2} | {:.2} |",
+            (warm - 2.0).max(0.0)
+        );
+    }
+    println!();
+    println!(
+        "Warm card throughput, two-level cache (L1 + L2) / reference cache: **{:.2}×**; / cache off: **{:.2}×**\n",
+        rps[3] / rps[1],
+        rps[3] / rps[0]
+    );
+
+    // A node whose L1 is empty but whose L2 is warm: what a new or restarted
+    // node pays for its first card.
+    {
+        let ns = namespace("l2");
+        let extra = vec![
+            ("BFF_REDIS_URL", redis.clone()),
+            ("BFF_STORE__NAMESPACE", ns),
+        ];
+        let (first, first_url) = start_bff_with(&up_url, 0, Cache::L1L2, false, &extra);
+        wait_up(&format!("{first_url}/healthz")).await;
+        let http = reqwest::Client::new();
+        let t = Target::graphql(&first_url, token, card_body.clone(), first.pid());
+        assert!(send(&http, &t).await);
+        let (second, second_url) = start_bff_with(&up_url, 0, Cache::L1L2, false, &extra);
+        wait_up(&format!("{second_url}/healthz")).await;
+        let t2 = Target::graphql(&second_url, token, card_body.clone(), second.pid());
+        let c0 = total_calls(&second_url).await;
+        assert!(send(&http, &t2).await);
+        println!(
+            "First card on a second node with L2 warm: **{:.0}** upstream calls (the member's 2; every cached kind from L2).\n",
+            total_calls(&second_url).await - c0
+        );
+        drop((first, second));
+    }
+
+    println!("## Rate limiting: cost per request (member card, two-level cache warm)\n");
+    println!(
+        "| target | req/s | p50 ms | p99 ms | server CPU | server CPU µs/req | machine CPU (of 200%) | peak RSS MiB | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // Limits far above the load: every request is checked, none refused.
+    let high = |store: Option<&str>| {
+        let mut extra = vec![
+            (
+                "BFF_ADMISSION__LIMITS__MEMBER_PER_SEC",
+                "1000000".to_owned(),
+            ),
+            ("BFF_ADMISSION__LIMITS__MEMBER_BURST", "1000000".to_owned()),
+            (
+                "BFF_ADMISSION__LIMITS__TENANT_PER_SEC",
+                "1000000".to_owned(),
+            ),
+            ("BFF_ADMISSION__LIMITS__TENANT_BURST", "1000000".to_owned()),
+            ("BFF_STORE__NAMESPACE", namespace("rate")),
+        ];
+        if let Some(url) = store {
+            extra.push(("BFF_REDIS_URL", url.to_owned()));
+        }
+        extra
+    };
+    let mut cpu = Vec::new();
+    for (name, store, on) in [
+        ("Redis store, rate limits off", Some(redis.as_str()), false),
+        (
+            "Redis store, rate limits on (one script call per request)",
+            Some(redis.as_str()),
+            true,
+        ),
+        ("embedded store, rate limits off", None, false),
+        (
+            "embedded store, rate limits on (governor, in-process)",
+            None,
+            true,
+        ),
+    ] {
+        let mut extra = high(store);
+        // Set after `start_bff_with`'s own default, so it wins.
+        extra.push(("BFF_ADMISSION__ENABLED", on.to_string()));
+        let mode = if store.is_some() {
+            Cache::L1L2
+        } else {
+            Cache::L1
+        };
+        let (bff, url2) = start_bff_with(&up_url, 0, mode, false, &extra);
+        wait_up(&format!("{url2}/healthz")).await;
+        let target = Target::graphql(&url2, token, card_body.clone(), bff.pid());
+        let stats = closed_loop(&target, conns, secs).await;
+        println!("{}", row(name, &stats, peak_rss_mib(target.pid)));
+        cpu.push((stats.cpu_us_per_req, stats.p50_ms));
+        drop(bff);
+    }
+    println!();
+    println!(
+        "Rate limiting adds **{:.0} µs** of BFF CPU and **{:.2} ms** of p50 per request on Redis, **{:.0} µs** / **{:.2} ms** on the embedded store.\n",
+        cpu[1].0 - cpu[0].0,
+        cpu[1].1 - cpu[0].1,
+        cpu[3].0 - cpu[2].0,
+        cpu[3].1 - cpu[2].1,
+    );
+    drop(upstreams);
+}
+
 /// The hand-written ceiling: one axum handler, the same upstream clients,
 /// the same calls with `futures::join!`, the same JSON.
 mod baseline {
@@ -665,13 +882,8 @@ mod baseline {
             product: url("product"),
         };
         let app = Arc::new(App {
-            upstreams: Upstreams::new(
-                &UpstreamsSettings::default(),
-                &CacheSettings::default(),
-                &urls,
-                Metrics::new(),
-            )
-            .unwrap(),
+            upstreams: Upstreams::new(&UpstreamsSettings::default(), &urls, Metrics::new())
+                .unwrap(),
             auth: Authenticator::new(&AuthSettings::default()),
         });
         let router = Router::new()

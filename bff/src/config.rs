@@ -70,8 +70,10 @@ pub struct Settings {
     pub demo: DemoSettings,
     /// GraphQL endpoint limits and behaviour.
     pub graphql: GraphqlSettings,
-    /// In-process caching of upstream reference data.
+    /// The two-level cache of reference and catalogue data.
     pub cache: CacheSettings,
+    /// Rate limits and the node's concurrency limit.
+    pub admission: AdmissionSettings,
     /// Logging.
     pub log: LogSettings,
     /// Redis URL of the shared store (`BFF_REDIS_URL`). Unset: the embedded,
@@ -305,6 +307,7 @@ impl Default for Settings {
             demo: DemoSettings::default(),
             graphql: GraphqlSettings::default(),
             cache: CacheSettings::default(),
+            admission: AdmissionSettings::default(),
             log: LogSettings::default(),
             redis_url: None,
             store: StoreSettings::default(),
@@ -642,26 +645,124 @@ impl Default for GraphqlSettings {
     }
 }
 
-/// In-process cache of reference data (malls and stores): it changes
-/// rarely, and caching it takes the store lookup off the critical path of
-/// a card. Personal data (members, coupons) and prices are never cached
-/// here.
+/// The two-level cache of reference and catalogue data (malls, stores,
+/// product details, listings, flash-sale lists): L1 in-process, L2 in the
+/// shared store, each kind with its own freshness. Personal data (members,
+/// coupons, points) and prices are never cached. See `crate::cache`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
-    /// How long a mall or store record is reused, in seconds; 0 turns the
-    /// cache off.
-    pub reference_ttl_secs: u64,
-    /// Most records kept (per kind).
+    /// Whether the shared store holds the second level (L2); off: each node
+    /// caches on its own.
+    pub l2: bool,
+    /// Most records kept in-process, per kind.
     pub max_entries: u64,
+    /// How long a mall record is fresh, in seconds; 0 turns caching of the
+    /// kind off.
+    pub mall_ttl_secs: u64,
+    /// How long a store record is fresh.
+    pub store_ttl_secs: u64,
+    /// How long a product's details are fresh.
+    pub product_ttl_secs: u64,
+    /// How long a mall's recommended listing (the card's first page) is
+    /// fresh.
+    pub listing_ttl_secs: u64,
+    /// How long a mall's flash-sale list is fresh.
+    pub flash_sale_ttl_secs: u64,
+    /// How long an expired record is still kept to be served, marked stale,
+    /// when its upstream fails (stale-if-error); 0: never served stale.
+    pub stale_secs: u64,
+    /// How long one node holds the shared fill lock of a key while it asks
+    /// the upstream (other nodes wait for its value meanwhile).
+    pub lock_ms: u64,
+    /// Longest a node waits for another node's fill of a key before asking
+    /// the upstream itself.
+    pub lock_wait_ms: u64,
+    /// How often flash-sale lists and their products are loaded into both
+    /// levels ahead of demand (pre-warm); 0: never.
+    pub prewarm_interval_secs: u64,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
-            reference_ttl_secs: 60,
+            l2: true,
             max_entries: 100_000,
+            mall_ttl_secs: 300,
+            store_ttl_secs: 300,
+            product_ttl_secs: 60,
+            listing_ttl_secs: 60,
+            flash_sale_ttl_secs: 30,
+            stale_secs: 600,
+            lock_ms: 2_000,
+            lock_wait_ms: 500,
+            prewarm_interval_secs: 20,
         }
+    }
+}
+
+/// Admission control: request rates per member and per tenant (shared by
+/// every node through the store), and the requests one node serves at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSettings {
+    /// Whether request rates are limited.
+    pub enabled: bool,
+    /// The rates of every tenant without an override.
+    pub limits: RateLimits,
+    /// Per-tenant overrides of the rates, by tenant id (a key left out of
+    /// an override takes its built-in default).
+    pub tenants: std::collections::HashMap<String, RateLimits>,
+    /// Most requests one node serves at once; more are shed with 503 and
+    /// `Retry-After` rather than queued (0: no limit).
+    pub max_concurrent: usize,
+    /// The `Retry-After` of a shed request, in seconds.
+    pub shed_retry_after_secs: u64,
+}
+
+/// Sustained rates and bursts (generic cell rate algorithm: a burst of
+/// requests at once, then one per `1 / rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Requests per second one member may sustain (0: no member limit).
+    pub member_per_sec: f64,
+    /// Requests one member may send at once.
+    pub member_burst: u32,
+    /// Requests per second one tenant may sustain over all its members and
+    /// anonymous visitors (0: no tenant limit).
+    pub tenant_per_sec: f64,
+    /// Requests one tenant may send at once.
+    pub tenant_burst: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            member_per_sec: 20.0,
+            member_burst: 40,
+            tenant_per_sec: 5_000.0,
+            tenant_burst: 10_000,
+        }
+    }
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            limits: RateLimits::default(),
+            tenants: std::collections::HashMap::new(),
+            max_concurrent: 1_024,
+            shed_retry_after_secs: 1,
+        }
+    }
+}
+
+impl AdmissionSettings {
+    /// The rates of `tenant`: its override, else the defaults.
+    pub fn limits_of(&self, tenant: &str) -> RateLimits {
+        self.tenants.get(tenant).copied().unwrap_or(self.limits)
     }
 }
 
@@ -832,6 +933,27 @@ impl Settings {
                  must be positive"
                     .into(),
             ));
+        }
+        let admission = &self.admission;
+        for (who, limits) in std::iter::once(("admission.limits".to_owned(), &admission.limits))
+            .chain(
+                admission
+                    .tenants
+                    .iter()
+                    .map(|(t, l)| (format!("admission.tenants.{t}"), l)),
+            )
+        {
+            let rate_ok = |rate: f64, burst: u32| {
+                rate.is_finite() && (0.0..=1e6).contains(&rate) && (rate == 0.0 || burst >= 1)
+            };
+            if !rate_ok(limits.member_per_sec, limits.member_burst)
+                || !rate_ok(limits.tenant_per_sec, limits.tenant_burst)
+            {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{who}: rates must be between 0 and 1000000 per second, \
+                     with a burst of at least 1 when the rate is positive"
+                )));
+            }
         }
         if !(24 * 3600..=3650 * 24 * 3600).contains(&self.checkout.order_retention_secs) {
             return Err(ConfigError::Inconsistent(

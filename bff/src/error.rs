@@ -89,6 +89,9 @@ pub mod code {
     pub const INVALID_RULE_CONFIG: &str = "INVALID_RULE_CONFIG";
     /// Too many requests of this kind at once; retry shortly.
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The node is serving as many requests as it may; retry after
+    /// `Retry-After` (HTTP 503).
+    pub const OVERLOADED: &str = "OVERLOADED";
     /// The object changed concurrently; retry.
     pub const CONFLICT: &str = "CONFLICT";
     /// Something failed inside the BFF; details are in its logs.

@@ -18,6 +18,9 @@
 //!   and DataLoaders.
 //! * [`pricing`] — promotion rules as sandboxed WebAssembly components:
 //!   the host, the referee, the registry.
+//! * [`cache`] — the two-level cache (in-process + shared store) of
+//!   reference and catalogue data: single flight, stale-if-error,
+//!   invalidation on every node.
 //! * [`store`] — the BFF's own state: embedded file or Redis.
 //! * [`checkout`] — one-tap checkout: orders, stock reservation, holds at
 //!   the member service, expiry and recovery.
@@ -27,12 +30,14 @@
 //! * [`upstream`] — one client per upstream service (anti-corruption
 //!   layer), each call under the request's deadline, retried within a
 //!   retry budget, behind a circuit breaker per (tenant, upstream).
-//! * [`http`] — playground, health, readiness, operator status, metrics;
-//!   the HTTP server and its connection limits.
+//! * [`http`] — playground, health, readiness, operator status, metrics,
+//!   cache invalidation; admission (rate and concurrency limits); the HTTP
+//!   server and its connection limits.
 //! * [`metrics`] — the instance's Prometheus registry.
 //! * [`demo`] — demo upstream services and their generated data set.
 
 pub mod auth;
+pub mod cache;
 pub mod checkout;
 pub mod config;
 pub mod demo;

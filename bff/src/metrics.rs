@@ -43,6 +43,27 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The kind of record: `mall`, `store`, `product`, `listing`,
+    /// `flash_sale`.
+    pub kind: &'static str,
+    /// `l1` (in-process) or `l2` (the shared store).
+    pub level: &'static str,
+    /// `hit`, `miss`, or `stale` (an expired record served because the
+    /// upstream failed).
+    pub outcome: &'static str,
+}
+
+/// Labels of an admission decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `admitted`, `rate_limited`, `shed` (the node was at its concurrency
+    /// limit) or `store_error` (rates could not be checked; admitted).
+    pub outcome: &'static str,
+}
+
 /// The metrics of one BFF instance. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -56,6 +77,8 @@ pub struct Metrics {
     rule_pool_refused: Family<PoolLabels, Counter>,
     rule_pool_wait: Family<PoolLabels, Histogram>,
     rule_pool_run: Family<PoolLabels, Histogram>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    admission: Family<AdmissionLabels, Counter>,
 }
 
 /// Labels of work in the rule evaluation pool.
@@ -154,7 +177,21 @@ impl Metrics {
             "Time rule work ran on a thread of the evaluation pool, by tenant",
             rule_pool_run.clone(),
         );
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups of reference and catalogue data, by kind, level and outcome",
+            cache_lookups.clone(),
+        );
+        let admission = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission",
+            "Admission decisions on API requests, by outcome",
+            admission.clone(),
+        );
         Self {
+            cache_lookups,
+            admission,
             registry: Arc::new(Mutex::new(registry)),
             rule_queue_depth,
             rule_pool_refused,
@@ -249,6 +286,55 @@ impl Metrics {
                 work,
             })
             .observe(ran.as_secs_f64());
+    }
+
+    /// Counts cache lookups.
+    pub fn cache_lookup(
+        &self,
+        kind: &'static str,
+        level: &'static str,
+        outcome: &'static str,
+        n: u64,
+    ) {
+        if n > 0 {
+            self.cache_lookups
+                .get_or_create(&CacheLabels {
+                    kind,
+                    level,
+                    outcome,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Cache lookups so far of one kind, level and outcome.
+    pub fn cache_lookups(
+        &self,
+        kind: &'static str,
+        level: &'static str,
+        outcome: &'static str,
+    ) -> u64 {
+        self.cache_lookups
+            .get_or_create(&CacheLabels {
+                kind,
+                level,
+                outcome,
+            })
+            .get()
+    }
+
+    /// Counts one admission decision.
+    pub fn admission(&self, outcome: &'static str) {
+        self.admission
+            .get_or_create(&AdmissionLabels { outcome })
+            .inc();
+    }
+
+    /// Admission decisions so far with `outcome`.
+    pub fn admissions(&self, outcome: &'static str) -> u64 {
+        self.admission
+            .get_or_create(&AdmissionLabels { outcome })
+            .get()
     }
 
     /// Records one GraphQL response.

@@ -13,6 +13,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
+use crate::cache::Caches;
 use crate::checkout::api::QuotePricer;
 use crate::checkout::{Checkout, CheckoutSettings};
 use crate::config::Settings;
@@ -21,7 +22,8 @@ use crate::demo::{DemoUpstreams, Service, ServiceControl};
 use crate::domain::TenantId;
 use crate::graphql::complete::Shape;
 use crate::graphql::persisted::PersistedQueries;
-use crate::graphql::{BffSchema, DocumentCache, build_schema};
+use crate::graphql::{BffSchema, Catalog, DocumentCache, build_schema};
+use crate::http::admission::Admission;
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
 use crate::payment::PaymentNotifications;
@@ -52,6 +54,9 @@ struct Inner {
     store: SharedStore,
     checkout: Checkout,
     payments: PaymentNotifications,
+    caches: Caches,
+    catalog: Catalog,
+    admission: Admission,
 }
 
 impl AppState {
@@ -102,6 +107,18 @@ impl AppState {
     /// Payment provider notifications.
     pub fn payments(&self) -> &PaymentNotifications {
         &self.inner.payments
+    }
+    /// The two-level cache (for invalidation).
+    pub fn caches(&self) -> &Caches {
+        &self.inner.caches
+    }
+    /// Reference and catalogue data through the cache.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+    /// Rate limits and the concurrency limit.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
     }
     /// This instance's metrics.
     pub fn metrics(&self) -> &Metrics {
@@ -156,8 +173,7 @@ impl Application {
             product: pick(&settings.upstreams.product.base_url, Service::Product)?,
         };
         let metrics = Metrics::new();
-        let upstreams =
-            Upstreams::new(&settings.upstreams, &settings.cache, &urls, metrics.clone())?;
+        let upstreams = Upstreams::new(&settings.upstreams, &urls, metrics.clone())?;
         // The demo member and product services keep their holds and sales
         // in this process, so on the embedded store the checkout starts
         // afresh with them (a flash sale open with its whole stock).
@@ -171,6 +187,9 @@ impl Application {
             Duration::from_secs(settings.checkout.order_retention_secs),
         )
         .await?;
+        let caches = Caches::new(&settings.cache, store.clone(), metrics.clone());
+        let catalog = Catalog::new(&upstreams, &caches);
+        let admission = Admission::new(&settings.admission, store.clone(), metrics.clone());
         let host = RuleHost::shared(PoolSize {
             instances: settings.rules.pool_instances,
         })?;
@@ -244,6 +263,9 @@ impl Application {
         );
         let state = AppState {
             inner: Arc::new(Inner {
+                caches,
+                catalog,
+                admission,
                 pricing,
                 checkout,
                 payments,
@@ -290,6 +312,14 @@ impl Application {
             .map(|d| d.service(service).control.clone())
     }
 
+    /// Base URL of an embedded demo upstream, if it runs (another node can
+    /// be pointed at it).
+    pub fn demo_url(&self, service: Service) -> Option<url::Url> {
+        self.demo
+            .as_ref()
+            .map(|d| d.service(service).base_url.clone())
+    }
+
     /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
@@ -297,7 +327,18 @@ impl Application {
         // Keep the demo upstreams alive for as long as we serve.
         let _demo = self.demo;
         let _order_service = self.order_service;
+        let state = &self.state;
         let background = Background(vec![
+            tokio::spawn(
+                state
+                    .caches()
+                    .clone()
+                    .follow_invalidations(state.store().clone()),
+            ),
+            tokio::spawn(prewarm_loop(
+                state.clone(),
+                Duration::from_secs(state.settings().cache.prewarm_interval_secs),
+            )),
             tokio::spawn(sweep_loop(
                 self.state.checkout().clone(),
                 Duration::from_millis(self.state.settings().checkout.sweep_interval_ms),
@@ -348,6 +389,29 @@ async fn sweep_loop(checkout: Checkout, every: Duration) {
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "checkout sweep failed"),
+        }
+    }
+}
+
+/// Loads the flash sales of the default tenant into both cache levels
+/// every `every` (0: never), so a sale opens on warm caches.
+async fn prewarm_loop(app: AppState, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let tenant = app.default_tenant();
+        match app
+            .catalog()
+            .products
+            .prewarm(tenant, &app.upstreams().mall)
+            .await
+        {
+            Ok(products) => tracing::debug!(%tenant, products, "flash sales pre-warmed"),
+            Err(err) => tracing::warn!(%tenant, error = %err, "flash-sale pre-warm failed"),
         }
     }
 }

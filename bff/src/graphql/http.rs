@@ -47,6 +47,7 @@ use super::limits::{ensure_codes, tidy};
 use super::persisted::Resolved;
 use super::{Loaders, RequestContext};
 use crate::auth::Principal;
+use crate::cache::StaleLog;
 use crate::error::{code, coded};
 use crate::pricing::model::Channel;
 use crate::startup::AppState;
@@ -311,6 +312,12 @@ pub async fn graphql(
             return resp;
         }
     };
+    if let Err(limited) = app.admission().check_rate(&principal).await {
+        let mut resp = crate::http::admission::rate_limited_response(limited);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, media.content_type());
+        return resp;
+    }
     let Some(channel) = channel_of(&headers) else {
         return error_response_as(
             media,
@@ -575,8 +582,11 @@ async fn run_one(
     let variables = request.variables.clone();
     let operation_name = request.operation_name.clone();
 
-    let loaders = Loaders::new(
+    let stale = StaleLog::default();
+    let loaders = Loaders::with_catalog(
         app.upstreams_arc(),
+        app.catalog().clone(),
+        stale.clone(),
         &caller.principal,
         app.dataloader_delay(),
     );
@@ -592,6 +602,17 @@ async fn run_one(
     };
     let mut response = app.schema().execute(request.data(ctx)).await;
     ensure_codes(&mut response);
+    let stale = stale.parts();
+    if !stale.is_empty() {
+        // Which parts were served from expired records (their upstream
+        // failing): `[{"kind": "mall", "id": "mall-1"}, …]`.
+        if let Ok(parts) = serde_json::to_value(&stale) {
+            response.extensions.insert(
+                "stale".to_owned(),
+                Value::from_json(parts).unwrap_or_default(),
+            );
+        }
+    }
     app.metrics().graphql_request(response.errors.is_empty());
 
     // Refused before execution (validation, operation selection, variable

@@ -28,13 +28,15 @@ use crate::checkout::api::{CheckoutMutation, CheckoutQuery};
 use crate::config::GraphqlSettings;
 use async_graphql::ErrorExtensions;
 
+use crate::cache::{Caches, StaleLog};
+use crate::config::CacheSettings;
 use crate::domain::{MallId, MemberId, StoreId, TenantId};
 use crate::error::code;
 use crate::home::HomeQuery;
-use crate::mall::{Mall, MallLoader, MallQuery, Store, StoreLoader, StoresByMallLoader};
+use crate::mall::{Directory, Mall, MallLoader, MallQuery, Store, StoreLoader, StoresByMallLoader};
 use crate::member::{Coupon, Member, MemberQuery};
 use crate::pricing::api::{PricingQuery, RulesMutation};
-use crate::product::{Product, ProductLoader, ProductQuery};
+use crate::product::{Catalogue, Product, ProductLoader, ProductQuery};
 use crate::upstream::{MAX_BATCH, UpstreamError, Upstreams};
 
 /// The root query: each capability contributes its own fields.
@@ -189,6 +191,43 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
     }
 }
 
+/// Reference and catalogue data through the two-level cache: built once,
+/// shared by every request.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// Malls and stores.
+    pub malls: Directory,
+    /// Products, listings, flash sales.
+    pub products: Catalogue,
+}
+
+impl Catalog {
+    /// The catalog of `upstreams`, cached in `caches`.
+    pub fn new(upstreams: &Upstreams, caches: &Caches) -> Self {
+        Self {
+            malls: Directory::new(upstreams.mall.clone(), caches),
+            products: Catalogue::new(upstreams.product.clone(), caches),
+        }
+    }
+
+    /// The catalog of `upstreams` read fresh every time (no cache).
+    pub fn uncached(upstreams: &Upstreams) -> Self {
+        // Caching nothing, it counts nothing: one set of handles serves all.
+        static OFF: std::sync::LazyLock<Caches> = std::sync::LazyLock::new(|| {
+            let off = CacheSettings {
+                mall_ttl_secs: 0,
+                store_ttl_secs: 0,
+                product_ttl_secs: 0,
+                listing_ttl_secs: 0,
+                flash_sale_ttl_secs: 0,
+                ..CacheSettings::default()
+            };
+            Caches::local(&off, crate::metrics::Metrics::new())
+        });
+        Self::new(upstreams, &OFF)
+    }
+}
+
 /// The lookups of one request: DataLoaders that batch and de-duplicate
 /// per-item lookups, and single-flight memos for known keys. All of it
 /// lives for one request only, so one member never sees another's data.
@@ -201,6 +240,10 @@ pub struct Loaders {
     pub stores_by_mall: Loader<StoresByMallLoader>,
     /// Products by id (batched).
     pub products: Loader<ProductLoader>,
+    /// Cached reference and catalogue data.
+    pub catalog: Catalog,
+    /// The records this request was served stale.
+    pub stale: StaleLog,
     upstreams: Arc<Upstreams>,
     tenant: TenantId,
     mall: Memo<MallId, Option<Mall>>,
@@ -213,19 +256,36 @@ pub struct Loaders {
 }
 
 impl Loaders {
-    /// Fresh lookups for one request of `principal`'s tenant.
+    /// Fresh lookups for one request of `principal`'s tenant, reading
+    /// every upstream afresh (no shared cache: what a checkout uses).
     pub fn new(upstreams: &Arc<Upstreams>, principal: &Principal, delay: Duration) -> Self {
+        Self::with_catalog(
+            upstreams,
+            Catalog::uncached(upstreams),
+            StaleLog::default(),
+            principal,
+            delay,
+        )
+    }
+
+    /// Lookups for one request of `principal`'s tenant, with reference and
+    /// catalogue data from `catalog`; records served stale are logged in
+    /// `stale`.
+    pub fn with_catalog(
+        upstreams: &Arc<Upstreams>,
+        catalog: Catalog,
+        stale: StaleLog,
+        principal: &Principal,
+        delay: Duration,
+    ) -> Self {
         let tenant = principal.tenant().clone();
         // Batches run in tasks of their own: they carry the request's
         // deadline over, so no batch outlives the request.
         let deadline = crate::upstream::resilience::deadline();
-        macro_rules! new_loader {
-            ($loader:ident, $client:ident) => {
+        macro_rules! batched {
+            ($loader:expr) => {
                 DataLoader::with_cache(
-                    $loader {
-                        client: upstreams.$client.clone(),
-                        tenant: tenant.clone(),
-                    },
+                    $loader,
                     move |batch| crate::upstream::resilience::spawn_within(deadline, batch),
                     HashMapCache::default(),
                 )
@@ -234,10 +294,26 @@ impl Loaders {
             };
         }
         Self {
-            malls: new_loader!(MallLoader, mall),
-            stores: new_loader!(StoreLoader, mall),
-            stores_by_mall: new_loader!(StoresByMallLoader, mall),
-            products: new_loader!(ProductLoader, product),
+            malls: batched!(MallLoader {
+                directory: catalog.malls.clone(),
+                tenant: tenant.clone(),
+                stale: stale.clone(),
+            }),
+            stores: batched!(StoreLoader {
+                directory: catalog.malls.clone(),
+                tenant: tenant.clone(),
+                stale: stale.clone(),
+            }),
+            stores_by_mall: batched!(StoresByMallLoader {
+                client: upstreams.mall.clone(),
+                tenant: tenant.clone(),
+            }),
+            products: batched!(ProductLoader {
+                client: upstreams.product.clone(),
+                tenant: tenant.clone(),
+            }),
+            catalog,
+            stale,
             upstreams: Arc::clone(upstreams),
             tenant,
             mall: Memo::new(),
@@ -259,7 +335,12 @@ impl Loaders {
             let mut ids: Vec<StoreId> = products.iter().map(|p| p.store_id.clone()).collect();
             ids.sort_unstable();
             ids.dedup();
-            match self.upstreams.mall.stores_by_ids(&self.tenant, &ids).await {
+            match self
+                .catalog
+                .malls
+                .stores(&self.tenant, &ids, &self.stale)
+                .await
+            {
                 Ok(stores) => self.stores.feed_many(stores).await,
                 Err(err) => {
                     let _ = self.store_failure.set(err);
@@ -278,12 +359,17 @@ impl Loaders {
 
     /// A mall, fetched at once (single flight per request).
     pub async fn mall_now(&self, id: &MallId) -> Result<Option<Mall>, UpstreamError> {
-        let (client, tenant, key) = (self.upstreams.mall.clone(), self.tenant.clone(), id.clone());
+        let (directory, tenant, key, stale) = (
+            self.catalog.malls.clone(),
+            self.tenant.clone(),
+            id.clone(),
+            self.stale.clone(),
+        );
         self.mall
             .get(id.clone(), move || {
                 async move {
-                    Ok(client
-                        .malls_by_ids(&tenant, std::slice::from_ref(&key))
+                    Ok(directory
+                        .malls(&tenant, std::slice::from_ref(&key), &stale)
                         .await?
                         .remove(&key))
                 }

@@ -18,7 +18,7 @@ use crate::product::Product;
 use crate::upstream::UpstreamError;
 
 /// How many recommended products a card shows.
-pub const RECOMMENDED: usize = 10;
+pub use crate::product::RECOMMENDED;
 
 /// Complexity charged for a card beyond its selected fields: it fans out
 /// to five upstream endpoints and prices `RECOMMENDED` + flash-sale
@@ -122,26 +122,19 @@ impl HomeQuery {
             .map(|id| loaders.coupons_now(id))
             .into();
         let products = async {
+            // Both lists come through the catalogue cache.
+            let catalogue = &loaders.catalog.products;
             let flash: OptionFuture<_> = wants_flash
-                .then(|| req.upstreams.product.flash_sales(tenant, &mall_id))
+                .then(|| catalogue.flash_sales(tenant, &mall_id, &loaders.stale))
                 .into();
             let recommended: OptionFuture<_> = wants_recommended
-                .then(|| {
-                    req.upstreams
-                        .product
-                        .listing(tenant, &mall_id, RECOMMENDED, None)
-                })
+                .then(|| catalogue.recommended(tenant, &mall_id, &loaders.stale))
                 .into();
             let (flash, recommended) = futures::join!(flash, recommended);
             // An unknown mall has no listing (`None`); the mall lookup
             // reports that, so treat it as empty here.
             let flash = flash.map(|r| r.map(Option::unwrap_or_default));
-            let recommended = recommended.map(|r| {
-                r.map(|page| {
-                    page.map(|p| p.items.into_iter().map(|(_, p)| p).collect())
-                        .unwrap_or_default()
-                })
-            });
+            let recommended = recommended.map(|r| r.map(Option::unwrap_or_default));
             let all: Vec<&Product> = [&flash, &recommended]
                 .into_iter()
                 .flatten()

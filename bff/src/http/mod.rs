@@ -1,13 +1,15 @@
 //! HTTP routes beside `/graphql`: the playground, the shop demo page,
-//! health, metrics, payment notifications and (in development) demo tokens
-//! and the payment simulator; readiness and the operator status in
-//! [`health`]; and, in [`server`], the HTTP server that carries them, with
-//! its connection limits.
+//! health, metrics, payment notifications, cache invalidation and (in
+//! development) demo tokens and the payment simulator; readiness and the
+//! operator status in [`health`]; admission (rate and concurrency limits)
+//! in [`admission`]; and, in [`server`], the HTTP server that carries them,
+//! with its connection limits.
 
-pub mod server;
-
+pub mod admission;
+pub mod cache_admin;
 pub mod health;
 pub mod payments;
+pub mod server;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -40,7 +42,9 @@ struct WebAssets;
 /// All routes of the app.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings().graphql.max_body_bytes;
-    let mut router = Router::new()
+    // The API, behind the node's concurrency limit; probes, metrics, pages
+    // and payment notifications are not.
+    let api = Router::new()
         .route(
             "/graphql",
             get(graphql::http::graphql)
@@ -48,9 +52,19 @@ pub fn router(state: AppState) -> Router {
                 .fallback(graphql::http::method_not_allowed)
                 .layer(axum::extract::DefaultBodyLimit::max(max_body)),
         )
+        .route("/rules/components", post(upload_component))
+        .route(
+            "/admin/cache/invalidate",
+            post(cache_admin::invalidate).layer(axum::extract::DefaultBodyLimit::max(4096)),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::shed_when_full,
+        ));
+    let mut router = Router::new()
+        .merge(api)
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/rules/components", post(upload_component));
+        .route("/metrics", get(metrics));
     if state.settings().playground_enabled() {
         router = router
             .route("/", get(|| async { Redirect::temporary("/playground/") }))

@@ -1,17 +1,21 @@
 //! Malls and their stores: types, queries and loaders.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
 use async_graphql::{Context, ID, Object, Result};
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
 
+use crate::cache::{Caches, Fetch, Kind, StaleLog, Tier};
 use crate::domain::{MallId, StoreId, TenantId};
 use crate::error::ApiError;
 use crate::graphql::request;
 use crate::upstream::{MallClient, UpstreamError};
 
 /// A mall of the tenant.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mall {
     /// Id.
     pub id: MallId,
@@ -30,7 +34,7 @@ pub struct Mall {
 }
 
 /// A store inside a mall.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Store {
     /// Id.
     pub id: StoreId,
@@ -42,6 +46,89 @@ pub struct Store {
     pub floor: String,
     /// Category, e.g. `food`, `fashion`.
     pub category: String,
+}
+
+/// Malls and stores through the two-level cache (reference data: they
+/// change rarely, and caching them takes them off a card's critical path).
+#[derive(Debug, Clone)]
+pub struct Directory {
+    client: MallClient,
+    malls: Tier<Mall>,
+    stores: Tier<Store>,
+}
+
+impl Directory {
+    /// Malls and stores of `client`, cached in `caches`.
+    pub fn new(client: MallClient, caches: &Caches) -> Self {
+        Self {
+            client,
+            malls: caches.tier(Kind::Mall),
+            stores: caches.tier(Kind::Store),
+        }
+    }
+
+    /// The uncached client.
+    pub fn client(&self) -> &MallClient {
+        &self.client
+    }
+
+    /// Malls by id; unknown ids are absent. Records served stale (the
+    /// mall service failing) are logged in `stale`.
+    pub async fn malls(
+        &self,
+        tenant: &TenantId,
+        ids: &[MallId],
+        stale: &StaleLog,
+    ) -> Result<HashMap<MallId, Mall>, UpstreamError> {
+        let (client, owner) = (self.client.clone(), tenant.clone());
+        let fetch: Fetch<Mall> = Arc::new(move |ids: Vec<String>| {
+            let (client, tenant) = (client.clone(), owner.clone());
+            async move {
+                let ids: Vec<MallId> = ids
+                    .into_iter()
+                    .filter_map(|i| MallId::parse(i).ok())
+                    .collect();
+                let found = client.malls_by_ids(&tenant, &ids).await?;
+                Ok(found
+                    .into_iter()
+                    .map(|(id, m)| (id.to_string(), m))
+                    .collect())
+            }
+            .boxed()
+        });
+        let keys: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let found = self.malls.get_many(tenant, &keys, stale, fetch).await?;
+        Ok(found.into_values().map(|m| (m.id.clone(), m)).collect())
+    }
+
+    /// Stores by id; unknown ids are absent. Records served stale are
+    /// logged in `stale`.
+    pub async fn stores(
+        &self,
+        tenant: &TenantId,
+        ids: &[StoreId],
+        stale: &StaleLog,
+    ) -> Result<HashMap<StoreId, Store>, UpstreamError> {
+        let (client, owner) = (self.client.clone(), tenant.clone());
+        let fetch: Fetch<Store> = Arc::new(move |ids: Vec<String>| {
+            let (client, tenant) = (client.clone(), owner.clone());
+            async move {
+                let ids: Vec<StoreId> = ids
+                    .into_iter()
+                    .filter_map(|i| StoreId::parse(i).ok())
+                    .collect();
+                let found = client.stores_by_ids(&tenant, &ids).await?;
+                Ok(found
+                    .into_iter()
+                    .map(|(id, s)| (id.to_string(), s))
+                    .collect())
+            }
+            .boxed()
+        });
+        let keys: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let found = self.stores.get_many(tenant, &keys, stale, fetch).await?;
+        Ok(found.into_values().map(|s| (s.id.clone(), s)).collect())
+    }
 }
 
 /// A shopping mall: where it is, when it is open, its stores.
@@ -171,10 +258,12 @@ impl MallQuery {
 
 /// Batches mall lookups of one request.
 pub struct MallLoader {
-    /// Client.
-    pub client: MallClient,
+    /// Malls, cached.
+    pub directory: Directory,
     /// Tenant of the request.
     pub tenant: TenantId,
+    /// Where the request's stale records are logged.
+    pub stale: StaleLog,
 }
 
 impl Loader<MallId> for MallLoader {
@@ -182,16 +271,18 @@ impl Loader<MallId> for MallLoader {
     type Error = UpstreamError;
 
     async fn load(&self, keys: &[MallId]) -> Result<HashMap<MallId, Mall>, UpstreamError> {
-        self.client.malls_by_ids(&self.tenant, keys).await
+        self.directory.malls(&self.tenant, keys, &self.stale).await
     }
 }
 
 /// Batches store lookups of one request.
 pub struct StoreLoader {
-    /// Client.
-    pub client: MallClient,
+    /// Stores, cached.
+    pub directory: Directory,
     /// Tenant of the request.
     pub tenant: TenantId,
+    /// Where the request's stale records are logged.
+    pub stale: StaleLog,
 }
 
 impl Loader<StoreId> for StoreLoader {
@@ -199,7 +290,7 @@ impl Loader<StoreId> for StoreLoader {
     type Error = UpstreamError;
 
     async fn load(&self, keys: &[StoreId]) -> Result<HashMap<StoreId, Store>, UpstreamError> {
-        self.client.stores_by_ids(&self.tenant, keys).await
+        self.directory.stores(&self.tenant, keys, &self.stale).await
     }
 }
 

@@ -1,4 +1,7 @@
-//! Products: types, the paged listing, prices, loaders.
+//! Products: types, the paged listing, prices, loaders; the cached
+//! catalogue in [`catalogue`].
+
+pub mod catalogue;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,8 +24,10 @@ pub const DEFAULT_PAGE: usize = 20;
 /// Largest page size of product listings.
 pub const MAX_PAGE: usize = 100;
 
+pub use catalogue::{Catalogue, RECOMMENDED};
+
 /// A product (SKU) sold in a store of a mall.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Product {
     /// Id (SKU).
     pub id: ProductId,
@@ -45,7 +50,7 @@ pub struct Product {
 }
 
 /// A flash-sale window on a product.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FlashSale {
     /// Price during the window.
     pub price: Money,

@@ -31,6 +31,10 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     events: broadcast::Sender<Event>,
     expiring_writes: Arc<std::sync::atomic::AtomicU64>,
+    /// Rate limiters by scope and key; one node, so in-process. Idle ones
+    /// are forgotten (a forgotten limiter is a full one, which is what an
+    /// idle key has anyway).
+    rates: moka::sync::Cache<String, Arc<(governor::Quota, governor::DefaultDirectRateLimiter)>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -57,6 +61,10 @@ impl EmbeddedStore {
             db: Arc::new(db),
             events,
             expiring_writes: Arc::default(),
+            rates: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
         })
     }
 
@@ -199,6 +207,92 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn put_expiring_if_absent(
+        &self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let key = full_key(space, key);
+        let now = now_millis();
+        let expiry = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut entry = Vec::with_capacity(8 + value.len());
+        entry.extend_from_slice(&expiry.to_be_bytes());
+        entry.extend_from_slice(value);
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let written = {
+                let mut table = tx.open_table(EXPIRING)?;
+                let live = table.get(key.as_str())?.is_some_and(|v| {
+                    v.value()
+                        .split_first_chunk::<8>()
+                        .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
+                });
+                if !live {
+                    table.insert(key.as_str(), entry.as_slice())?;
+                }
+                !live
+            };
+            tx.commit()?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn delete_expiring(&self, space: &str, key: &str) -> Result<bool, StoreError> {
+        let key = full_key(space, key);
+        let now = now_millis();
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let existed = tx
+                .open_table(EXPIRING)?
+                .remove(key.as_str())?
+                .is_some_and(|v| {
+                    v.value()
+                        .split_first_chunk::<8>()
+                        .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
+                });
+            tx.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    /// In-process, with `governor`. The rates are checked in the order
+    /// given, most specific first: a request refused by a later rate has
+    /// taken its place in the earlier ones (a member refused by the
+    /// tenant's rate loses one request of its own, never the reverse).
+    async fn admit(
+        &self,
+        scope: &str,
+        limits: &[super::RateKey],
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        use governor::clock::Clock;
+        let clock = governor::clock::DefaultClock::default();
+        for limit in limits {
+            let Some(quota) = governor::Quota::with_period(limit.interval) else {
+                continue;
+            };
+            let quota = quota.allow_burst(
+                std::num::NonZeroU32::new(limit.burst).unwrap_or(std::num::NonZeroU32::MIN),
+            );
+            let name = format!("{scope}\u{0}{}", limit.key);
+            let mut limiter = self.rates.get_with(name.clone(), || {
+                Arc::new((quota, governor::RateLimiter::direct(quota)))
+            });
+            if limiter.0 != quota {
+                // The configured rate changed.
+                limiter = Arc::new((quota, governor::RateLimiter::direct(quota)));
+                self.rates.insert(name, limiter.clone());
+            }
+            if let Err(not_until) = limiter.1.check() {
+                return Ok(Some(not_until.wait_time_from(clock.now())));
+            }
+        }
+        Ok(None)
     }
 
     async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError> {

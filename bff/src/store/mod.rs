@@ -88,6 +88,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         ttl: std::time::Duration,
     ) -> Result<(), StoreError>;
 
+    /// Writes an expiring value only if the key holds none (a short-lived
+    /// lock every node sees, e.g. "this node is filling this cache key").
+    /// Returns whether it was written.
+    async fn put_expiring_if_absent(
+        &self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes an expiring value. Returns whether it existed (unexpired).
+    async fn delete_expiring(&self, space: &str, key: &str) -> Result<bool, StoreError>;
+
+    /// Admits one request against every rate of `limits` at once (generic
+    /// cell rate algorithm, all or nothing: a refused request consumes no
+    /// rate). `Ok(None)`: admitted; `Ok(Some(wait))`: refused, retry after
+    /// `wait`. Every key of one call belongs to one tenant (`scope`), so
+    /// they live together (one cluster slot).
+    async fn admit(
+        &self,
+        scope: &str,
+        limits: &[RateKey],
+    ) -> Result<Option<std::time::Duration>, StoreError>;
+
     /// Publishes an event to every node (this one included).
     async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError>;
 
@@ -99,6 +124,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// `"embedded"` or `"redis"`.
     fn kind(&self) -> &'static str;
+}
+
+/// One rate a request is counted against: `key` (within its scope) may
+/// take a burst of `burst` requests at once, then one every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateKey {
+    /// What is counted, e.g. `member:member-1` or `tenant`.
+    pub key: String,
+    /// Time between two requests at the sustained rate.
+    pub interval: std::time::Duration,
+    /// Requests admitted at once.
+    pub burst: u32,
 }
 
 /// Shared handle.

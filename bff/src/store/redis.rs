@@ -45,6 +45,32 @@ pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// still have run, so it waits longer rather than report an ambiguous error.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Generic cell rate algorithm over several keys at once: each key holds
+/// its theoretical arrival time (µs, Redis' clock). The request is admitted
+/// only if every key admits it, and only then are they all advanced.
+/// Returns 0, or the µs to wait. ARGV: interval µs and burst per key.
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+local wait = 0
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = interval * tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - tolerance
+  if allow_at > now and allow_at - now > wait then wait = allow_at - now end
+  tats[i] = new_tat
+end
+if wait > 0 then return wait end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return 0
+"#;
+
 /// A store shared by every node through Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -55,6 +81,7 @@ pub struct RedisStore {
     namespace: String,
     events: broadcast::Sender<Event>,
     cas: redis::Script,
+    admit: redis::Script,
     checkout: super::checkout_redis::Scripts,
     /// How long a finished order is kept (milliseconds).
     order_retention_ms: u64,
@@ -143,6 +170,7 @@ impl RedisStore {
             namespace: namespace.to_owned(),
             events,
             cas: redis::Script::new(CAS),
+            admit: redis::Script::new(ADMIT),
             checkout: super::checkout_redis::Scripts::new(),
             order_retention_ms: duration_ms(DEFAULT_ORDER_RETENTION),
         })
@@ -352,6 +380,66 @@ impl Store for RedisStore {
             .await
             .map_err(StoreError::from_display)?;
         Ok(())
+    }
+
+    async fn put_expiring_if_absent(
+        &self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.connection.clone();
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let written: Option<String> = redis::cmd("SET")
+            .arg(self.expiring_key(space, key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis)
+            .query_async(&mut c)
+            .await
+            .map_err(StoreError::from_display)?;
+        Ok(written.is_some())
+    }
+
+    async fn delete_expiring(&self, space: &str, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.connection.clone();
+        let removed: i64 = c
+            .del(self.expiring_key(space, key))
+            .await
+            .map_err(StoreError::from_display)?;
+        Ok(removed > 0)
+    }
+
+    async fn admit(
+        &self,
+        scope: &str,
+        limits: &[super::RateKey],
+    ) -> Result<Option<Duration>, StoreError> {
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let mut invocation = self.admit.prepare_invoke();
+        for limit in limits {
+            // One hash tag per scope: the keys of one call share a slot
+            // (braces from configuration would change the tag).
+            let tag = format!("{}:rate:{scope}", self.namespace).replace(['{', '}'], "_");
+            invocation
+                .key(format!("{{{tag}}}:{}", limit.key))
+                .arg(
+                    u64::try_from(limit.interval.as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                )
+                .arg(limit.burst.max(1));
+        }
+        let mut c = self.connection.clone();
+        let wait_us: u64 = invocation
+            .invoke_async(&mut c)
+            .await
+            .map_err(StoreError::from_display)?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
     async fn publish(&self, topic: &str, payload: &str) -> Result<(), StoreError> {

@@ -1,14 +1,10 @@
 //! Client of the mall service.
 
 use std::collections::HashMap;
-use std::hash::Hash;
-use std::time::Duration;
 
-use moka::sync::Cache;
 use serde::Deserialize;
 
 use super::{Endpoint, Items, UpstreamError, keep_valid};
-use crate::config::CacheSettings;
 use crate::domain::{MallId, StoreId, TenantId};
 use crate::mall::{Mall, Store};
 
@@ -60,71 +56,15 @@ impl StoreDto {
     }
 }
 
-/// Malls and stores, with a short-lived in-process cache of both (they
-/// are reference data; see [`CacheSettings`]).
+/// Malls and stores. Uncached: [`crate::mall::Directory`] caches them.
 #[derive(Debug, Clone)]
 pub struct MallClient {
     endpoint: Endpoint,
-    malls: Option<Cache<(TenantId, MallId), Mall>>,
-    stores: Option<Cache<(TenantId, StoreId), Store>>,
-}
-
-fn cache<K, V>(settings: &CacheSettings) -> Option<Cache<K, V>>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    (settings.reference_ttl_secs > 0).then(|| {
-        Cache::builder()
-            .max_capacity(settings.max_entries)
-            .time_to_live(Duration::from_secs(settings.reference_ttl_secs))
-            .build()
-    })
-}
-
-/// Looks `ids` up in `cache` (keyed by tenant), fetches the misses with
-/// `fetch` in one call, and caches what came back.
-async fn cached<K, V, F, Fut>(
-    cache: &Option<Cache<(TenantId, K), V>>,
-    tenant: &TenantId,
-    ids: &[K],
-    fetch: F,
-) -> Result<HashMap<K, V>, UpstreamError>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    F: FnOnce(Vec<K>) -> Fut,
-    Fut: Future<Output = Result<HashMap<K, V>, UpstreamError>>,
-{
-    let Some(cache) = cache else {
-        return fetch(ids.to_vec()).await;
-    };
-    let mut found = HashMap::with_capacity(ids.len());
-    let mut missing = Vec::new();
-    for id in ids {
-        match cache.get(&(tenant.clone(), id.clone())) {
-            Some(value) => {
-                found.insert(id.clone(), value);
-            }
-            None => missing.push(id.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        for (id, value) in fetch(missing).await? {
-            cache.insert((tenant.clone(), id.clone()), value.clone());
-            found.insert(id, value);
-        }
-    }
-    Ok(found)
 }
 
 impl MallClient {
-    pub(super) fn new(endpoint: Endpoint, settings: &CacheSettings) -> Self {
-        Self {
-            endpoint,
-            malls: cache(settings),
-            stores: cache(settings),
-        }
+    pub(super) fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 
     /// Whether the service answers its health check.
@@ -140,22 +80,11 @@ impl MallClient {
         Ok(keep_valid("mall", items, MallDto::into_domain))
     }
 
-    /// Malls by id (cached); unknown ids are absent from the map.
+    /// Malls by id; unknown ids are absent from the map.
     pub async fn malls_by_ids(
         &self,
         tenant: &TenantId,
         ids: &[MallId],
-    ) -> Result<HashMap<MallId, Mall>, UpstreamError> {
-        cached(&self.malls, tenant, ids, |missing| {
-            self.fetch_malls(tenant, missing)
-        })
-        .await
-    }
-
-    async fn fetch_malls(
-        &self,
-        tenant: &TenantId,
-        ids: Vec<MallId>,
     ) -> Result<HashMap<MallId, Mall>, UpstreamError> {
         let path = ["tenants", tenant.as_str(), "malls"];
         let ids: Vec<&str> = ids.iter().map(MallId::as_str).collect();
@@ -169,22 +98,11 @@ impl MallClient {
             .collect())
     }
 
-    /// Stores by id (cached); unknown ids are absent from the map.
+    /// Stores by id; unknown ids are absent from the map.
     pub async fn stores_by_ids(
         &self,
         tenant: &TenantId,
         ids: &[StoreId],
-    ) -> Result<HashMap<StoreId, Store>, UpstreamError> {
-        cached(&self.stores, tenant, ids, |missing| {
-            self.fetch_stores(tenant, missing)
-        })
-        .await
-    }
-
-    async fn fetch_stores(
-        &self,
-        tenant: &TenantId,
-        ids: Vec<StoreId>,
     ) -> Result<HashMap<StoreId, Store>, UpstreamError> {
         let path = ["tenants", tenant.as_str(), "stores"];
         let ids: Vec<&str> = ids.iter().map(StoreId::as_str).collect();

@@ -23,7 +23,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::config::{CacheSettings, RetrySettings, UpstreamSettings, UpstreamsSettings};
+use crate::config::{RetrySettings, UpstreamSettings, UpstreamsSettings};
 use crate::metrics::Metrics;
 
 pub use mall::MallClient;
@@ -567,7 +567,6 @@ impl Upstreams {
     /// tenants' own services from `settings.tenants`.
     pub fn new(
         settings: &UpstreamsSettings,
-        cache: &CacheSettings,
         urls: &BaseUrls,
         metrics: Metrics,
     ) -> Result<Self, reqwest::Error> {
@@ -605,7 +604,7 @@ impl Upstreams {
             Endpoint::new(name, base, upstream, &shared).with_tenants(routes)
         };
         Ok(Self {
-            mall: MallClient::new(endpoint("mall", &urls.mall, &settings.mall), cache),
+            mall: MallClient::new(endpoint("mall", &urls.mall, &settings.mall)),
             member: MemberClient::new(endpoint("member", &urls.member, &settings.member)),
             product: ProductClient::new(endpoint("product", &urls.product, &settings.product)),
             guard,

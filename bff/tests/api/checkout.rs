@@ -20,7 +20,7 @@ use bff::checkout::model::{
 use bff::checkout::{
     Checkout, CheckoutError, CheckoutSettings, FaultPoint, PaymentEffect, SweepReport,
 };
-use bff::config::{CacheSettings, DemoSettings, UpstreamsSettings};
+use bff::config::{DemoSettings, UpstreamsSettings};
 use bff::demo::DemoUpstreams;
 use bff::demo::Service;
 use bff::demo::orders::RunningOrderService;
@@ -131,15 +131,7 @@ pub async fn harness_with(backend: Backend, test: &str, settings: CheckoutSettin
     // A thousand buyers at once on a noisy machine: generous timeouts.
     upstream_settings.member.timeout_ms = 30_000;
     upstream_settings.product.timeout_ms = 30_000;
-    let upstreams = Arc::new(
-        Upstreams::new(
-            &upstream_settings,
-            &CacheSettings::default(),
-            &urls,
-            Metrics::new(),
-        )
-        .unwrap(),
-    );
+    let upstreams = Arc::new(Upstreams::new(&upstream_settings, &urls, Metrics::new()).unwrap());
     let pricer = Arc::new(StubPricer {
         upstreams: upstreams.clone(),
         degraded: AtomicBool::new(false),

@@ -17,6 +17,9 @@ pub struct TestApp {
     pub mall: ServiceControl,
     pub member: ServiceControl,
     pub product: ServiceControl,
+    /// Base URLs of the demo upstreams this app started (mall, member,
+    /// product), to point a second node at the same services.
+    pub demo_urls: Option<[url::Url; 3]>,
     /// The embedded store's directory, removed when the test ends.
     pub _data: std::sync::Arc<tempfile::TempDir>,
 }
@@ -36,6 +39,13 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         ..Settings::default()
     };
     settings.store.data_dir = data.path().to_path_buf();
+    // Pre-warm calls upstreams on its own schedule; tests that count calls
+    // turn it on when they want it.
+    settings.cache.prewarm_interval_secs = 0;
+    // Tests fire bursts of one member's requests; the admission tests set
+    // the rates they check.
+    settings.admission.limits.member_per_sec = 100_000.0;
+    settings.admission.limits.member_burst = 100_000;
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("app builds");
     let url = format!("http://127.0.0.1:{}", app.port());
@@ -48,6 +58,14 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         control(Service::Member),
         control(Service::Product),
     );
+    let demo_urls = match (
+        app.demo_url(Service::Mall),
+        app.demo_url(Service::Member),
+        app.demo_url(Service::Product),
+    ) {
+        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+        _ => None,
+    };
     tokio::spawn(app.run_until_stopped());
     TestApp {
         url,
@@ -59,8 +77,40 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         mall,
         member,
         product,
+        demo_urls,
         _data: std::sync::Arc::new(data),
     }
+}
+
+/// A second node beside `first`: the same upstream services (the first
+/// node's demo services, so their request counters see both nodes) and
+/// the same Redis namespace.
+pub async fn spawn_second_node(first: &TestApp, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let urls = first
+        .demo_urls
+        .clone()
+        .expect("the first node runs the demo upstreams");
+    let redis = first.state.settings().redis_url.clone();
+    let namespace = first.state.settings().store.namespace.clone();
+    spawn_app_with(move |s| {
+        let [mall, member, product] = urls;
+        s.upstreams.mall.base_url = Some(mall);
+        s.upstreams.member.base_url = Some(member);
+        s.upstreams.product.base_url = Some(product);
+        s.redis_url = redis;
+        s.store.namespace = namespace;
+        adjust(s);
+    })
+    .await
+}
+
+/// Settings that cache no reference or catalogue data.
+pub fn cache_off(s: &mut Settings) {
+    s.cache.mall_ttl_secs = 0;
+    s.cache.store_ttl_secs = 0;
+    s.cache.product_ttl_secs = 0;
+    s.cache.listing_ttl_secs = 0;
+    s.cache.flash_sale_ttl_secs = 0;
 }
 
 /// A fault injection that takes a service down.

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use bff::config::FaultSettings;
 use serde_json::Value;
 
-use crate::helpers::{codes, down, spawn_app, spawn_app_with};
+use crate::helpers::{cache_off, codes, down, spawn_app, spawn_app_with};
 
 const CARD: &str = r#"{
   homeCard(mallId: "mall-1") {
@@ -219,7 +219,8 @@ async fn every_malls_stores_come_from_one_batch_call() {
 }
 
 #[tokio::test]
-async fn a_second_card_reuses_cached_malls_and_stores_but_fetches_personal_data_again() {
+async fn a_second_card_reuses_cached_reference_and_catalogue_data_but_fetches_personal_data_again()
+{
     let app = spawn_app().await;
     let token = app.token("member-1");
 
@@ -231,12 +232,13 @@ async fn a_second_card_reuses_cached_malls_and_stores_but_fetches_personal_data_
     assert_eq!(app.calls("mall", "stores.batch"), 1);
     assert_eq!(app.calls("member", "members.batch"), 2);
     assert_eq!(app.calls("member", "coupons.list"), 2);
-    assert_eq!(app.calls("product", "products.listing"), 2);
+    assert_eq!(app.calls("product", "products.listing"), 1);
+    assert_eq!(app.calls("product", "flash_sales.list"), 1);
 }
 
 #[tokio::test]
 async fn with_the_reference_cache_off_every_card_asks_the_mall_service() {
-    let app = spawn_app_with(|s| s.cache.reference_ttl_secs = 0).await;
+    let app = spawn_app_with(cache_off).await;
 
     app.query(CARD, None).await;
     app.query(CARD, None).await;
@@ -292,7 +294,7 @@ async fn the_member_is_fetched_once_however_many_fields_ask_for_it() {
 #[tokio::test]
 async fn when_stores_cannot_be_loaded_each_product_says_so_without_asking_again() {
     let app = spawn_app_with(|s| {
-        s.cache.reference_ttl_secs = 0;
+        cache_off(s);
         // One logical call: the products must not each ask again (retries
         // of that one call are `resilience`'s subject).
         s.upstreams.retry.max_retries = 0;

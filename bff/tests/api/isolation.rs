@@ -167,6 +167,7 @@ fn app_clone(app: &TestApp) -> TestApp {
         mall: app.mall.clone(),
         member: app.member.clone(),
         product: app.product.clone(),
+        demo_urls: app.demo_urls.clone(),
         _data: app._data.clone(),
     }
 }

@@ -1,6 +1,8 @@
 //! API tests: the real app on port 0, real HTTP demo upstreams.
 
+mod admission;
 mod auth;
+mod cache;
 mod checkout;
 mod checkout_api;
 mod checkout_property;

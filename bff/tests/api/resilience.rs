@@ -201,7 +201,7 @@ async fn dataloader_batches_keep_the_requests_deadline() {
     // run in tasks of their own.
     let app = spawn_app_with(|s| {
         s.upstreams.mall.timeout_ms = 20_000;
-        s.cache.reference_ttl_secs = 0;
+        crate::helpers::cache_off(s);
     })
     .await;
     app.mall.set_faults(FaultSettings {

@@ -107,6 +107,84 @@ pub(crate) async fn conformance(store: SharedStore) {
     }
     assert_eq!(winners, 1);
 
+    // An expiring lock is taken once, until it is deleted or expires.
+    let ttl = Duration::from_secs(30);
+    assert!(
+        store
+            .put_expiring_if_absent("locks", "k", b"a", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_expiring_if_absent("locks", "k", b"b", ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_expiring("locks", "k").await.unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    assert!(store.delete_expiring("locks", "k").await.unwrap());
+    assert!(!store.delete_expiring("locks", "k").await.unwrap());
+    assert_eq!(store.get_expiring("locks", "k").await.unwrap(), None);
+    let short = Duration::from_millis(50);
+    assert!(
+        store
+            .put_expiring_if_absent("locks", "k", b"c", short)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(
+        store
+            .put_expiring_if_absent("locks", "k", b"d", ttl)
+            .await
+            .unwrap()
+    );
+
+    // Rates: a burst, then refusals with a wait; each scope and key on its
+    // own; a refusal by a later rate shows its wait.
+    let rate = |key: &str, burst| bff::store::RateKey {
+        key: key.into(),
+        interval: Duration::from_secs(60),
+        burst,
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            store.admit("t1", &[rate("member:a", 3)]).await.unwrap(),
+            None
+        );
+    }
+    let wait = store.admit("t1", &[rate("member:a", 3)]).await.unwrap();
+    let wait = wait.expect("the fourth request of a burst of 3 is refused");
+    assert!(
+        wait > Duration::from_secs(30) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    assert_eq!(
+        store.admit("t1", &[rate("member:b", 3)]).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.admit("t2", &[rate("member:a", 3)]).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .admit("t3", &[rate("member:a", 5), rate("tenant", 1)])
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .admit("t3", &[rate("member:b", 5), rate("tenant", 1)])
+            .await
+            .unwrap()
+            .is_some()
+    );
+
     // Events reach subscribers.
     let mut events = store.subscribe();
     store.publish("topic", "payload-1").await.unwrap();
