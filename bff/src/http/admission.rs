@@ -26,6 +26,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -44,6 +45,26 @@ pub struct Admission {
     metrics: Metrics,
     /// `None`: no concurrency limit.
     slots: Option<Arc<Semaphore>>,
+    /// API requests being served now (a request whose client went away
+    /// stops counting at once: its work is dropped with it).
+    in_flight: Gauge,
+}
+
+/// Counts one request in flight until dropped, however its future ends
+/// (answered, or dropped because the client went away).
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn start(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl std::fmt::Debug for Admission {
@@ -62,7 +83,14 @@ pub struct RateLimited {
 impl Admission {
     /// Admission with `settings`, rates kept in `store`.
     pub fn new(settings: &AdmissionSettings, store: SharedStore, metrics: Metrics) -> Self {
+        let in_flight = Gauge::default();
+        metrics.register(
+            "api_requests_in_flight",
+            "API requests (GraphQL, rule uploads, cache invalidation) being served now",
+            in_flight.clone(),
+        );
         Self {
+            in_flight,
             store,
             slots: (settings.max_concurrent > 0)
                 .then(|| Arc::new(Semaphore::new(settings.max_concurrent))),
@@ -154,10 +182,14 @@ pub fn rate_limited_response(limited: RateLimited) -> Response {
 pub async fn shed_when_full(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let admission = app.admission();
     let Some(slots) = &admission.slots else {
+        let _in_flight = InFlight::start(&admission.in_flight);
         return next.run(request).await;
     };
     match slots.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
+        Ok(_permit) => {
+            let _in_flight = InFlight::start(&admission.in_flight);
+            next.run(request).await
+        }
         Err(_) => {
             admission.metrics.admission("shed");
             let mut resp = refusal(

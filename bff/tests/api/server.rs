@@ -561,3 +561,64 @@ async fn development_keeps_the_playground_introspection_and_metrics_open() {
     let (_, body) = app.query("{ __schema { queryType { name } } }", None).await;
     assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query");
 }
+
+/// The node's `bff_api_requests_in_flight` gauge.
+async fn in_flight(app: &TestApp) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bff_api_requests_in_flight "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no in-flight gauge in: {text}"))
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_takes_its_request_with_it() {
+    // The member service answers after a minute, and nothing else would
+    // stop the request before: only the client leaving can.
+    let app = spawn_app_with(|s| {
+        s.upstreams.request_budget_ms = 120_000;
+        s.upstreams.member.timeout_ms = 120_000;
+    })
+    .await;
+    app.member.set_faults(bff::config::FaultSettings {
+        latency_ms: 60_000,
+        ..bff::config::FaultSettings::default()
+    });
+    let body = json!({ "query": "{ me { id level } }" }).to_string();
+    let token = app.token("member-1");
+    let mut stream = connect(&app).await;
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nhost: bff\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+
+    let waiting = tokio::time::timeout(EVENTUALLY, async {
+        while in_flight(&app).await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waiting.is_ok(), "the request never started");
+
+    drop(stream);
+    let dropped = tokio::time::timeout(EVENTUALLY, async {
+        while in_flight(&app).await > 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        dropped.is_ok(),
+        "the request went on after its client hung up (the member service answers in a minute)"
+    );
+}
