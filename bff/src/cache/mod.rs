@@ -337,6 +337,16 @@ struct Found<V> {
     stale: bool,
 }
 
+impl<V> Found<V> {
+    /// A value read fresh (from the upstream, or within its TTL).
+    fn fresh(value: V) -> Self {
+        Self {
+            value,
+            stale: false,
+        }
+    }
+}
+
 type FillResult<V> = Result<Arc<HashMap<String, Found<V>>>, UpstreamError>;
 type Flight<V> = Shared<BoxFuture<'static, FillResult<V>>>;
 
@@ -647,13 +657,7 @@ where
                 match entry {
                     Some(e) if self.fresh(e.fetched_ms, now) => {
                         self.remember(tenant, id, &e);
-                        found.insert(
-                            id.clone(),
-                            Found {
-                                value: e.value,
-                                stale: false,
-                            },
-                        );
+                        found.insert(id.clone(), Found::fresh(e.value));
                     }
                     Some(e) => {
                         let newer = fallback.get(id).is_none_or(|f| f.fetched_ms < e.fetched_ms);
@@ -711,25 +715,13 @@ where
                 .cloned()
                 .collect();
             for (id, value) in waited {
-                found.insert(
-                    id,
-                    Found {
-                        value,
-                        stale: false,
-                    },
-                );
+                found.insert(id, Found::fresh(value));
             }
             let mut failure = None;
             match from_upstream {
                 Ok(values) => {
                     for (id, value) in values {
-                        found.insert(
-                            id,
-                            Found {
-                                value,
-                                stale: false,
-                            },
-                        );
+                        found.insert(id, Found::fresh(value));
                     }
                 }
                 Err(err) => {
@@ -744,13 +736,7 @@ where
                 {
                     Ok(values) => {
                         for (id, value) in values {
-                            found.insert(
-                                id,
-                                Found {
-                                    value,
-                                    stale: false,
-                                },
-                            );
+                            found.insert(id, Found::fresh(value));
                         }
                     }
                     Err(err) => {
@@ -774,13 +760,7 @@ where
         match self.fetch_and_store(tenant, missing.clone(), fetch).await {
             Ok(values) => {
                 for (id, value) in values {
-                    found.insert(
-                        id,
-                        Found {
-                            value,
-                            stale: false,
-                        },
-                    );
+                    found.insert(id, Found::fresh(value));
                 }
             }
             Err(err) => self.serve_stale(&missing, fallback, &mut found, &mut failure, err),
