@@ -384,7 +384,10 @@ fn checkout_request(
             Ok(CartItem {
                 product: ProductId::parse(i.product_id.0)?,
                 quantity: u32::try_from(i.quantity).map_err(|_| {
-                    CheckoutError::BadInput("quantity must be between 1 and 99".into())
+                    CheckoutError::BadInput(format!(
+                        "quantity must be between 1 and {}",
+                        crate::pricing::limits::MAX_QUANTITY
+                    ))
                 })?,
             })
         })

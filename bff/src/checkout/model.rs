@@ -88,7 +88,7 @@ impl Cart {
             (None, false) => {}
         }
         if self.items.len() > MAX_CART_LINES {
-            return bad("a cart has at most 50 lines");
+            return bad(&format!("a cart has at most {MAX_CART_LINES} lines"));
         }
         if self.coupons.len() > MAX_COUPONS {
             return bad("a cart has at most 10 coupons");
@@ -96,7 +96,7 @@ impl Cart {
         let mut seen = std::collections::HashSet::new();
         for item in &self.items {
             if item.quantity == 0 || i64::from(item.quantity) > i64::from(MAX_QUANTITY) {
-                return bad("quantity must be between 1 and 99");
+                return bad(&format!("quantity must be between 1 and {MAX_QUANTITY}"));
             }
             if !seen.insert(&item.product) {
                 return bad("each product appears on one line only");
@@ -310,8 +310,11 @@ mod tests {
         let mut zero = cart();
         zero.items[0].quantity = 0;
         assert!(zero.validate().is_err());
+        let mut most = cart();
+        most.items[0].quantity = MAX_QUANTITY as u32;
+        assert!(most.validate().is_ok());
         let mut huge = cart();
-        huge.items[0].quantity = 100;
+        huge.items[0].quantity = MAX_QUANTITY as u32 + 1;
         assert!(huge.validate().is_err());
         let mut dup = cart();
         dup.items.push(dup.items[0].clone());

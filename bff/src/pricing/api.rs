@@ -61,7 +61,8 @@ pub struct CartInput {
     pub mall_id: ID,
     /// The store, for a store bill (`billAmount`).
     pub store_id: Option<ID>,
-    /// Items to buy (at most 50 lines, each product once).
+    /// Items to buy (at most 100 lines, each product once, 1 to 999 units
+    /// each).
     pub items: Option<Vec<CartItemInput>>,
     /// A bill amount in minor units to pay at `storeId` (1 to
     /// 10000000000).
@@ -1091,13 +1092,13 @@ pub async fn quote(req: &RequestContext, input: CartInput) -> Result<Quote, ApiE
     match (&input.items, input.bill_amount.map(|m| m.0)) {
         (Some(items), None) => {
             if items.is_empty() || items.len() > MAX_CART_LINES {
-                return Err(bad("items", "must have 1 to 50 lines"));
+                return Err(bad("items", "must have 1 to 100 lines"));
             }
             let mut ids = Vec::with_capacity(items.len());
             let mut seen = HashSet::new();
             for item in items {
                 if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-                    return Err(bad("items.quantity", "must be between 1 and 99"));
+                    return Err(bad("items.quantity", "must be between 1 and 999"));
                 }
                 let id = ProductId::parse(item.product_id.0.clone()).map_err(ApiError::from)?;
                 if !seen.insert(id.clone()) {

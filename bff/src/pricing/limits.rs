@@ -2,9 +2,9 @@
 //! quote prices is a cart the checkout accepts, and the other way round.
 
 /// Most lines in one cart.
-pub const MAX_CART_LINES: usize = 50;
+pub const MAX_CART_LINES: usize = 100;
 /// Most units of one line.
-pub const MAX_QUANTITY: i32 = 99;
+pub const MAX_QUANTITY: i32 = 999;
 /// Largest bill amount, in minor units (¥100,000,000): larger than 32 bits,
 /// which the `MinorUnits` scalar carries exactly.
 pub const MAX_BILL: i64 = 10_000_000_000;

@@ -472,7 +472,12 @@ async fn bad_input_is_refused_with_clear_codes_and_nothing_stays_reserved() {
     assert_eq!(
         refused(
             h.checkout
-                .checkout(request(&buyer, items("sku-flash-4", 100), 0, "k2"))
+                .checkout(request(
+                    &buyer,
+                    items("sku-flash-4", bff::pricing::limits::MAX_QUANTITY as u32 + 1),
+                    0,
+                    "k2"
+                ))
                 .await
         ),
         code::BAD_USER_INPUT
