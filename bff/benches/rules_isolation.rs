@@ -285,7 +285,7 @@ async fn run() {
         .as_array()
         .expect("products")
         .iter()
-        .filter(|p| p["flashSale"].is_null())
+        .filter(|p| p.get("flashSale") == Some(&serde_json::Value::Null))
         .map(|p| p["id"].clone())
         .take(2)
         .collect();
