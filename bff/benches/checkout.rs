@@ -18,7 +18,8 @@
 //!   `SOLD_OUT`, and the stock counters `reserved + sold == 100`.
 //!
 //! Redis: `BFF_REDIS_URL` (default the local server), a fresh namespace per
-//! run. Figures are printed as Markdown; `bff/docs/benchmarks.md` records
+//! run. `BENCH_STORES` (`embedded,redis`) and `BENCH_LATENCIES` (`0,5`)
+//! narrow the runs, e.g. to profile one of them. Figures are printed as Markdown; `bff/docs/benchmarks.md` records
 //! them.
 
 use std::sync::Arc;
@@ -314,8 +315,17 @@ async fn main() {
         "| store | upstreams | scenario | load | checkouts/s | p50 ms | p99 ms | orders | refused |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (store, url) in [("embedded", None), ("Redis", Some(redis.clone()))] {
-        for latency in [0u64, 5] {
+    let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "embedded,redis".into());
+    let latencies: Vec<u64> = std::env::var("BENCH_LATENCIES")
+        .unwrap_or_else(|_| "0,5".into())
+        .split(',')
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let backends = [("embedded", None), ("Redis", Some(redis.clone()))]
+        .into_iter()
+        .filter(|(name, _)| stores.to_ascii_lowercase().contains(&name.to_ascii_lowercase()));
+    for (store, url) in backends {
+        for &latency in &latencies {
             let node = Arc::new(start(url.clone(), latency));
             let run = format!("{store}-{latency}");
             // Warm up connections, rule instances and caches.
