@@ -17,6 +17,10 @@
 //!   and p50/p99, then the zero-oversell check: exactly 100 orders, the rest
 //!   `SOLD_OUT`, and the stock counters `reserved + sold == 100`.
 //!
+//! At max load it also reports the CPU time one checkout costs: this
+//! process's (app, demo upstreams and load generator together) and, on
+//! Redis, the server's (`INFO cpu`; other clients of the server count too).
+//!
 //! Redis: `BFF_REDIS_URL` (default the local server), a fresh namespace per
 //! run. `BENCH_STORES` (`embedded,redis`) and `BENCH_LATENCIES` (`0,5`)
 //! narrow the runs, e.g. to profile one of them. Figures are printed as Markdown; `bff/docs/benchmarks.md` records
@@ -163,6 +167,41 @@ fn stats(hist: &Histogram<u64>, ok: u64, errors: u64, wall: Duration) -> Stats {
         ok,
         errors,
     }
+}
+
+/// CPU time used by this process so far (every thread).
+fn process_cpu() -> Duration {
+    // SAFETY: `getrusage` fills the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time the Redis server used so far (`None` without Redis).
+async fn redis_cpu(url: Option<&str>) -> Option<Duration> {
+    let client = redis::Client::open(url?).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some(Duration::from_secs_f64(
+        field("used_cpu_user")? + field("used_cpu_sys")?,
+    ))
 }
 
 /// `conns` clients checking out bills back to back for `secs`.
@@ -312,9 +351,9 @@ async fn main() {
     let buyers: u64 = env_or("BENCH_BUYERS", 1000);
     let redis = std::env::var("BFF_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     println!(
-        "| store | upstreams | scenario | load | checkouts/s | p50 ms | p99 ms | orders | refused |"
+        "| store | upstreams | scenario | load | checkouts/s | p50 ms | p99 ms | orders | refused | CPU µs/checkout |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "embedded,redis".into());
     let latencies: Vec<u64> = std::env::var("BENCH_LATENCIES")
         .unwrap_or_else(|_| "0,5".into())
@@ -323,23 +362,37 @@ async fn main() {
         .collect();
     let backends = [("embedded", None), ("Redis", Some(redis.clone()))]
         .into_iter()
-        .filter(|(name, _)| stores.to_ascii_lowercase().contains(&name.to_ascii_lowercase()));
+        .filter(|(name, _)| {
+            stores
+                .to_ascii_lowercase()
+                .contains(&name.to_ascii_lowercase())
+        });
     for (store, url) in backends {
         for &latency in &latencies {
             let node = Arc::new(start(url.clone(), latency));
             let run = format!("{store}-{latency}");
             // Warm up connections, rule instances and caches.
             let _ = closed_loop(&node, &format!("warm-{run}"), conns, 1).await;
+            let (cpu_before, redis_before) = (process_cpu(), redis_cpu(url.as_deref()).await);
             let max = closed_loop(&node, &format!("max-{run}"), conns, secs).await;
+            let per = |d: Duration| d.as_micros() as f64 / (max.ok + max.errors).max(1) as f64;
+            let cpu = match (redis_before, redis_cpu(url.as_deref()).await) {
+                (Some(a), Some(b)) => format!(
+                    "{:.0} + {:.0}",
+                    per(process_cpu() - cpu_before),
+                    per(b.saturating_sub(a))
+                ),
+                _ => format!("{:.0}", per(process_cpu() - cpu_before)),
+            };
             let half = open_loop(&node, &format!("half-{run}"), max.rate / 2.0, secs).await;
             let (flash, ordered, sold_out) = flash_burst(&node, buyers, conns).await;
             let up = format!("{latency} ms");
             println!(
-                "| {store} | {up} | pay the bill | max ({conns} clients) | {:.0} | {:.1} | {:.1} | {} | {} |",
+                "| {store} | {up} | pay the bill | max ({conns} clients) | {:.0} | {:.1} | {:.1} | {} | {} | {cpu} |",
                 max.rate, max.p50_ms, max.p99_ms, max.ok, max.errors
             );
             println!(
-                "| {store} | {up} | pay the bill | half ({:.0}/s offered) | {:.0} | {:.1} | {:.1} | {} | {} |",
+                "| {store} | {up} | pay the bill | half ({:.0}/s offered) | {:.0} | {:.1} | {:.1} | {} | {} | |",
                 max.rate / 2.0,
                 half.rate,
                 half.p50_ms,
@@ -348,7 +401,7 @@ async fn main() {
                 half.errors
             );
             println!(
-                "| {store} | {up} | flash sale, {buyers} buyers on stock 100 | {conns} clients | {:.0} | {:.1} | {:.1} | {ordered} | {sold_out} sold out |",
+                "| {store} | {up} | flash sale, {buyers} buyers on stock 100 | {conns} clients | {:.0} | {:.1} | {:.1} | {ordered} | {sold_out} sold out | |",
                 flash.rate, flash.p50_ms, flash.p99_ms
             );
         }
