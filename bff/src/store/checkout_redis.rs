@@ -4,6 +4,10 @@
 //! write (Redis does not roll a script back). The outbox is a Redis Stream
 //! per scope read through consumer groups.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use redis::Value;
 
@@ -136,8 +140,15 @@ if r[1] == ARGV[1] and r[2] == 'running' then redis.call('DEL', KEYS[1]) return 
 return 0
 "#;
 
+/// How long this node trusts that it wrote a scope into the scope list:
+/// within it, steps of the scope skip the (idempotent) write; after it, the
+/// next step writes it again, so a Redis that lost the list (a restart
+/// without persistence, a failover) has it back within this time.
+const SCOPE_NOTE_REFRESH: Duration = Duration::from_secs(60);
+
 /// The scripts, built once per store (each is sent to Redis once and then
-/// called by its SHA).
+/// called by its SHA), and the scopes this node wrote into the scope list
+/// lately (see [`SCOPE_NOTE_REFRESH`]).
 #[derive(Clone)]
 pub(super) struct Scripts {
     create: redis::Script,
@@ -147,6 +158,7 @@ pub(super) struct Scripts {
     idem_begin: redis::Script,
     idem_complete: redis::Script,
     idem_abandon: redis::Script,
+    noted: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Scripts {
@@ -159,7 +171,22 @@ impl Scripts {
             idem_begin: redis::Script::new(IDEM_BEGIN),
             idem_complete: redis::Script::new(IDEM_COMPLETE),
             idem_abandon: redis::Script::new(IDEM_ABANDON),
+            noted: Arc::default(),
         }
+    }
+
+    /// Whether `member` of the scope list was written by this node within
+    /// [`SCOPE_NOTE_REFRESH`].
+    fn noted_lately(&self, member: &str) -> bool {
+        let noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        noted
+            .get(member)
+            .is_some_and(|at| at.elapsed() < SCOPE_NOTE_REFRESH)
+    }
+
+    fn mark_noted(&self, member: String) {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        noted.insert(member, Instant::now());
     }
 }
 
@@ -231,15 +258,21 @@ impl RedisStore {
         )
     }
 
-    /// Remembers a scope for the sweeper and the relay (idempotent).
+    /// Remembers a scope for the sweeper and the relay (idempotent; once a
+    /// minute per scope and node, not on every step).
     async fn note_scope(&self, scope: &Scope) -> Result<(), StoreError> {
+        let member = format!("{}\t{}", scope.tenant, scope.mall);
+        if self.scripts().noted_lately(&member) {
+            return Ok(());
+        }
         let mut c = self.connection();
         let _: i64 = redis::cmd("SADD")
             .arg(self.scopes_key())
-            .arg(format!("{}\t{}", scope.tenant, scope.mall))
+            .arg(&member)
             .query_async(&mut c)
             .await
             .map_err(err)?;
+        self.scripts().mark_noted(member);
         Ok(())
     }
 
@@ -478,17 +511,27 @@ impl CheckoutStore for RedisStore {
         id: &OrderId,
         step: &Step,
     ) -> Result<StepOutcome, StoreError> {
-        // The stock keys come from the stored lines: a step cannot name
-        // other SKUs than the order reserved.
-        let Some(current) = self.order(scope, id).await? else {
-            return Ok(StepOutcome::Missing);
+        // A step that moves stock names its keys from the stored lines (a
+        // step cannot name other SKUs than the order reserved), so it reads
+        // the order first; any other step is one script call, which itself
+        // answers `missing` for an unknown order.
+        let current = match step.stock {
+            StockEffect::None => None,
+            StockEffect::Release | StockEffect::Sell => match self.order(scope, id).await? {
+                Some(current) => Some(current),
+                None => return Ok(StepOutcome::Missing),
+            },
+        };
+        let (member, lines) = match &current {
+            Some(c) => (c.member.as_str(), c.lines.as_slice()),
+            None => ("", &[][..]),
         };
         let mut invocation = self.scripts().apply.prepare_invoke();
         invocation
             .key(self.order_key(scope, id))
             .key(self.due_key(scope))
             .key(self.outbox_key(scope));
-        for line in &current.lines {
+        for line in lines {
             let (stock, bought) = self.stock_keys(scope, &line.sku);
             invocation.key(stock).key(bought);
         }
@@ -512,9 +555,9 @@ impl CheckoutStore for RedisStore {
             .arg(step.payment_id.as_deref().unwrap_or(""))
             .arg(&step.event)
             .arg(id.as_str())
-            .arg(current.member.as_str())
-            .arg(current.lines.len());
-        for line in &current.lines {
+            .arg(member)
+            .arg(lines.len());
+        for line in lines {
             invocation.arg(line.quantity);
         }
         invocation.arg(self.order_retention_ms());

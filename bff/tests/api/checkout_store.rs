@@ -253,6 +253,23 @@ async fn stock_and_orders(store: SharedCheckoutStore) {
             .unwrap(),
         StepOutcome::Missing
     );
+    // Also for a step that would move stock.
+    assert_eq!(
+        store
+            .apply(
+                &s,
+                &order_id(99),
+                &step(
+                    OrderStatus::Reserved,
+                    2,
+                    OrderStatus::Cancelled,
+                    StockEffect::Release
+                )
+            )
+            .await
+            .unwrap(),
+        StepOutcome::Missing
+    );
 
     // A pay-the-bill order has no stock lines.
     let bill = store
