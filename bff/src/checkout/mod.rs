@@ -26,6 +26,7 @@ pub mod model;
 mod payments;
 mod sweeper;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -140,7 +141,16 @@ struct Inner {
     pricer: Arc<dyn CartPricer>,
     settings: CheckoutSettings,
     fault: Mutex<Option<FaultPoint>>,
+    /// SKUs whose stock counter this node saw defined in the store, so a
+    /// checkout does not define it again (a store write) every time.
+    /// Counters are never deleted; should a store lose one anyway, the
+    /// order it refuses as an unknown SKU makes the checkout forget the
+    /// cart's SKUs here and define them again.
+    defined: Mutex<HashSet<(Scope, ProductId)>>,
 }
+
+/// Most SKUs remembered as defined; beyond, the set starts afresh.
+const MAX_DEFINED: usize = 100_000;
 
 impl std::fmt::Debug for Checkout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,6 +199,7 @@ impl Checkout {
                 pricer,
                 settings,
                 fault: Mutex::new(None),
+                defined: Mutex::default(),
             }),
         }
     }
@@ -290,7 +301,7 @@ impl Checkout {
             ));
         }
         let scope = Scope::new(req.tenant.clone(), cart.mall.clone());
-        let lines = self.stock_lines(&scope, req).await?;
+        let mut lines = self.stock_lines(&scope, req).await?;
         let id = order_id(req)?;
         let now = now_ms();
         let nothing_to_hold =
@@ -321,32 +332,53 @@ impl Checkout {
             refunds: Vec::new(),
             cancel_reason: None,
         };
-        let new = NewOrder {
+        let mut new = NewOrder {
             id: id.clone(),
             member: req.member.clone(),
-            lines,
+            lines: Vec::new(),
             due_at_ms: now + self.inner.settings.recovery_after_ms,
             body: encode(&record)?,
         };
-        let stored = match self.inner.store.create_order(&scope, &new).await? {
-            Ok(stored) => stored,
-            // A retry of a checkout whose first attempt stopped: go on
-            // from where it is.
-            Err(CreateRefusal::Exists(stored)) => *stored,
-            Err(CreateRefusal::SoldOut(sku)) => {
-                return Err(CheckoutError::SoldOut(sku.to_string()));
-            }
-            Err(CreateRefusal::LimitExceeded(sku)) => {
-                return Err(CheckoutError::PurchaseLimitExceeded(sku.to_string()));
-            }
-            Err(CreateRefusal::UnknownSku(sku)) => {
-                return Err(CheckoutError::BadInput(format!(
-                    "productId `{sku}` is not sold here"
-                )));
+        let mut redefined = false;
+        let (stored, known) = loop {
+            new.lines = std::mem::take(&mut lines);
+            match self.inner.store.create_order(&scope, &new).await? {
+                Ok(stored) => break (stored, Some(record)),
+                // A retry of a checkout whose first attempt stopped: go on
+                // from where it is.
+                Err(CreateRefusal::Exists(stored)) => break (*stored, None),
+                // A counter this node remembered as defined is gone from
+                // the store: define the cart's counters again, once.
+                Err(CreateRefusal::UnknownSku(_)) if !redefined => {
+                    redefined = true;
+                    self.forget_defined(&scope, req);
+                    lines = self.stock_lines(&scope, req).await?;
+                }
+                Err(refusal) => return Err(refusal_error(refusal)),
             }
         };
         self.fault(FaultPoint::AfterReserve)?;
-        self.advance(&scope, stored).await
+        self.advance(&scope, stored, known).await
+    }
+
+    fn forget_defined(&self, scope: &Scope, req: &CheckoutRequest) {
+        let mut defined = self.inner.defined.lock().unwrap_or_else(|e| e.into_inner());
+        for item in &req.cart.items {
+            defined.remove(&(scope.clone(), item.product.clone()));
+        }
+    }
+
+    fn is_defined(&self, scope: &Scope, sku: &ProductId) -> bool {
+        let defined = self.inner.defined.lock().unwrap_or_else(|e| e.into_inner());
+        defined.contains(&(scope.clone(), sku.clone()))
+    }
+
+    fn mark_defined(&self, scope: &Scope, sku: &ProductId) {
+        let mut defined = self.inner.defined.lock().unwrap_or_else(|e| e.into_inner());
+        if defined.len() >= MAX_DEFINED {
+            defined.clear();
+        }
+        defined.insert((scope.clone(), sku.clone()));
     }
 
     /// The stock lines of the cart, each SKU's counter defined from the
@@ -385,10 +417,13 @@ impl Checkout {
                 Some(sale) => (sale.stock, sale.per_member_limit),
                 None => (product.stock, 0),
             };
-            self.inner
-                .store
-                .define_stock(scope, &item.product, u64::from(stock), limit)
-                .await?;
+            if !self.is_defined(scope, &item.product) {
+                self.inner
+                    .store
+                    .define_stock(scope, &item.product, u64::from(stock), limit)
+                    .await?;
+                self.mark_defined(scope, &item.product);
+            }
             lines.push(StockLine {
                 sku: item.product.clone(),
                 quantity: item.quantity,
@@ -399,13 +434,19 @@ impl Checkout {
 
     /// Moves a reserved order on to awaiting payment (freezing its hold),
     /// and a fully prepaid one on to paid; answers what the client sees.
+    /// `known` is the order's record if the caller has it decoded already
+    /// (it just created the order).
     async fn advance(
         &self,
         scope: &Scope,
         mut stored: StoredOrder,
+        mut known: Option<OrderRecord>,
     ) -> Result<CheckoutOutcome, CheckoutError> {
         loop {
-            let mut record = decode(&stored)?;
+            let mut record = match known.take() {
+                Some(record) => record,
+                None => decode(&stored)?,
+            };
             match stored.status {
                 OrderStatus::Created | OrderStatus::Reserved => {}
                 OrderStatus::AwaitingPayment | OrderStatus::Paid | OrderStatus::Completed => {
@@ -463,12 +504,15 @@ impl Checkout {
                 }
                 self.fault(FaultPoint::AfterFreeze)?;
                 record.hold = HoldProgress::Frozen;
+                stored.body = encode(&record)?;
             }
             let step = Step {
                 expect_version: stored.version,
                 expect_status: stored.status,
                 to: OrderStatus::AwaitingPayment,
-                body: encode(&record)?,
+                // The record as it is now (unchanged if nothing was to be
+                // held).
+                body: std::mem::take(&mut stored.body),
                 stock: StockEffect::None,
                 due: Due::At(record.pay_by_ms),
                 payment_id: None,
@@ -479,8 +523,11 @@ impl Checkout {
                     self.fault(FaultPoint::AfterAwaitingPayment)?;
                     if record.external == Money::ZERO {
                         self.settle_payment(scope, &stored.id, None).await?;
+                        return self.view_outcome(scope, &stored.id).await;
                     }
-                    return self.view_outcome(scope, &stored.id).await;
+                    // The step just committed is what the client sees: no
+                    // need to read it back.
+                    return Ok(outcome(OrderStatus::AwaitingPayment, record));
                 }
                 StepOutcome::Conflict | StepOutcome::DuplicatePayment => {}
                 StepOutcome::Missing => {
@@ -697,6 +744,22 @@ impl Checkout {
             .await?;
         }
         self.order(tenant, member, id).await
+    }
+}
+
+fn refusal_error(refusal: CreateRefusal) -> CheckoutError {
+    match refusal {
+        CreateRefusal::SoldOut(sku) => CheckoutError::SoldOut(sku.to_string()),
+        CreateRefusal::LimitExceeded(sku) => CheckoutError::PurchaseLimitExceeded(sku.to_string()),
+        CreateRefusal::UnknownSku(sku) => {
+            CheckoutError::BadInput(format!("productId `{sku}` is not sold here"))
+        }
+        // A retry finds its order: the caller goes on with it.
+        CreateRefusal::Exists(stored) => CheckoutError::InvalidTransition {
+            order: stored.id.to_string(),
+            status: stored.status.as_str(),
+            action: "checked out",
+        },
     }
 }
 

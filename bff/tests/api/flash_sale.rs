@@ -181,6 +181,44 @@ async fn every_new_redis_namespace_opens_the_flash_sale_with_its_whole_stock() {
 }
 
 #[tokio::test]
+async fn a_node_defines_a_stock_counter_again_when_redis_lost_it() {
+    let url = redis_url();
+    let ns = unique_namespace("flash-lost");
+    let app = spawn_app_with({
+        let (url, ns) = (url.clone(), ns.clone());
+        move |s| {
+            s.redis_url = Some(url);
+            s.store.namespace = ns;
+        }
+    })
+    .await;
+    let first = buy(&app, "member-51", "sku-flash-1", 1, "lost-1").await;
+    assert_eq!(first["errors"], Value::Null, "{first}");
+    assert_eq!(remaining(&app, "sku-flash-1").await, 99);
+
+    // Redis comes back without the counters (a restart without
+    // persistence): the node, which remembers having defined them, must
+    // not refuse the SKU as unknown.
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:co:*:stock:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let again = buy(&app, "member-52", "sku-flash-1", 1, "lost-2").await;
+    assert_eq!(again["errors"], Value::Null, "{again}");
+    assert_eq!(remaining(&app, "sku-flash-1").await, 99);
+}
+
+#[tokio::test]
 async fn a_sale_that_is_not_open_yet_sells_nothing_and_has_nothing_remaining() {
     let app = spawn_app().await;
     let sku = bff::demo::data::UPCOMING_FLASH;
