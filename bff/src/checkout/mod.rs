@@ -78,7 +78,8 @@ impl Default for CheckoutSettings {
 /// (tests of recovery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultPoint {
-    /// Stock is reserved and the order recorded; nothing frozen.
+    /// Stock is reserved and the order recorded; nothing frozen (an order
+    /// with nothing to freeze awaits payment already).
     AfterReserve,
     /// The member service froze the hold; the order does not know yet.
     AfterFreeze,
@@ -339,11 +340,27 @@ impl Checkout {
             due_at_ms: now + self.inner.settings.recovery_after_ms,
             body: encode(&record)?,
         };
+        // Nothing to freeze and something to pay externally: the order goes
+        // straight on to awaiting payment, in the same store step.
+        let straight_on = nothing_to_hold && record.external > Money::ZERO;
         let mut redefined = false;
         let (stored, known) = loop {
             new.lines = std::mem::take(&mut lines);
-            match self.inner.store.create_order(&scope, &new).await? {
-                Ok(stored) => break (stored, Some(record)),
+            let created = if straight_on {
+                self.inner
+                    .store
+                    .create_awaiting_payment(&scope, &new, record.pay_by_ms)
+                    .await?
+            } else {
+                self.inner.store.create_order(&scope, &new).await?
+            };
+            match created {
+                Ok(stored) => {
+                    // The record is the one just written unless another
+                    // step came between (a store that takes two steps).
+                    let known = (stored.body == new.body).then_some(record);
+                    break (stored, known);
+                }
                 // A retry of a checkout whose first attempt stopped: go on
                 // from where it is.
                 Err(CreateRefusal::Exists(stored)) => break (*stored, None),

@@ -447,6 +447,49 @@ pub trait CheckoutStore: Send + Sync + fmt::Debug + 'static {
         order: &NewOrder,
     ) -> Result<Result<StoredOrder, CreateRefusal>, StoreError>;
 
+    /// Creates an order with nothing to freeze and moves it straight on
+    /// to `AWAITING_PAYMENT`, due at `pay_by_ms`: `create_order` followed
+    /// by the step to awaiting payment (record unchanged), writing the
+    /// events `order.created`, `order.reserved` and
+    /// `order.awaiting_payment`. A backend may do both in one atomic step
+    /// (Redis: one script); this default does them one after the other,
+    /// and a crash between them leaves a `RESERVED` order for recovery, as
+    /// the checkout's own two steps would. Answers the order as it is
+    /// after both (or as it is, if another step came between), or why it
+    /// was not created.
+    async fn create_awaiting_payment(
+        &self,
+        scope: &Scope,
+        order: &NewOrder,
+        pay_by_ms: i64,
+    ) -> Result<Result<StoredOrder, CreateRefusal>, StoreError> {
+        let created = match self.create_order(scope, order).await? {
+            Ok(created) => created,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let step = Step {
+            expect_version: created.version,
+            expect_status: created.status,
+            to: OrderStatus::AwaitingPayment,
+            body: order.body.clone(),
+            stock: StockEffect::None,
+            due: Due::At(pay_by_ms),
+            payment_id: None,
+            event: OrderStatus::AwaitingPayment.event_kind(),
+        };
+        match self.apply(scope, &order.id, &step).await? {
+            StepOutcome::Applied(version) => Ok(Ok(StoredOrder {
+                status: OrderStatus::AwaitingPayment,
+                version,
+                ..created
+            })),
+            _ => match self.order(scope, &order.id).await? {
+                Some(current) => Ok(Ok(current)),
+                None => Err(StoreError("order vanished after it was created".into())),
+            },
+        }
+    }
+
     /// An order.
     async fn order(&self, scope: &Scope, id: &OrderId) -> Result<Option<StoredOrder>, StoreError>;
 

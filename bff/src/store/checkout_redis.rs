@@ -17,12 +17,14 @@ use super::checkout::{
     OutboxEvent, Scope, StepOutcome, StockEffect, StockLevel, StoredOrder, check_lines,
     decode_lines, encode_lines, reservation_from, status_from,
 };
-use super::checkout::{Reservation, Step};
+use super::checkout::{OrderStatus, Reservation, Step};
 use super::redis::RedisStore;
 use crate::domain::{MallId, MemberId, ProductId, TenantId};
 
 /// KEYS: order, due, outbox, then (stock, bought) per line.
-/// ARGV: id, member, due_at, body, lines, n, qty per line.
+/// ARGV: id, member, due_at, body, lines, n, qty per line, then `awaiting`
+/// to go on to `AWAITING_PAYMENT` (due at `due_at`) in the same step, or
+/// nothing.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 local n = tonumber(ARGV[6])
@@ -47,13 +49,20 @@ for i = 1, n do
 end
 local reservation = 'none'
 if n > 0 then reservation = 'held' end
-redis.call('HSET', KEYS[1], 'status', 'RESERVED', 'version', 2, 'member', ARGV[2],
+local awaiting = ARGV[7 + n] == 'awaiting'
+local status, version = 'RESERVED', 2
+if awaiting then status, version = 'AWAITING_PAYMENT', 3 end
+redis.call('HSET', KEYS[1], 'status', status, 'version', version, 'member', ARGV[2],
   'lines', ARGV[5], 'reservation', reservation, 'body', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[3], '*', 'kind', 'order.created', 'order', ARGV[1],
   'status', 'CREATED', 'version', 1, 'body', ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'kind', 'order.reserved', 'order', ARGV[1],
   'status', 'RESERVED', 'version', 2, 'body', ARGV[4])
+if awaiting then
+  redis.call('XADD', KEYS[3], '*', 'kind', 'order.awaiting_payment', 'order', ARGV[1],
+    'status', 'AWAITING_PAYMENT', 'version', 3, 'body', ARGV[4])
+end
 return {'created'}
 "#;
 
@@ -292,6 +301,118 @@ impl RedisStore {
             Err(e) => Err(err(e)),
         }
     }
+
+    /// Creates an order; with `awaiting`, moves it on to awaiting payment
+    /// (due then) in the same script.
+    async fn create(
+        &self,
+        scope: &Scope,
+        order: &NewOrder,
+        awaiting: Option<i64>,
+    ) -> Result<Result<StoredOrder, CreateRefusal>, StoreError> {
+        check_lines(&order.lines)?;
+        self.note_scope(scope).await?;
+        let mut invocation = self.scripts().create.prepare_invoke();
+        invocation
+            .key(self.order_key(scope, &order.id))
+            .key(self.due_key(scope))
+            .key(self.outbox_key(scope));
+        for line in &order.lines {
+            let (stock, bought) = self.stock_keys(scope, &line.sku);
+            invocation.key(stock).key(bought);
+        }
+        invocation
+            .arg(order.id.as_str())
+            .arg(order.member.as_str())
+            .arg(awaiting.unwrap_or(order.due_at_ms))
+            .arg(&order.body)
+            .arg(encode_lines(&order.lines))
+            .arg(order.lines.len());
+        for line in &order.lines {
+            invocation.arg(line.quantity);
+        }
+        invocation.arg(if awaiting.is_some() { "awaiting" } else { "" });
+        let mut c = self.connection();
+        let answer: Vec<Value> = invocation.invoke_async(&mut c).await.map_err(err)?;
+        let tag = answer.first().and_then(text).unwrap_or_default();
+        let line = || {
+            answer
+                .get(1)
+                .and_then(text)
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| order.lines.get(i.wrapping_sub(1)))
+                .map(|l| l.sku.clone())
+                .ok_or_else(|| StoreError("create script named no line".into()))
+        };
+        match tag.as_str() {
+            "created" => Ok(Ok(StoredOrder {
+                id: order.id.clone(),
+                member: order.member.clone(),
+                status: if awaiting.is_some() {
+                    OrderStatus::AwaitingPayment
+                } else {
+                    OrderStatus::Reserved
+                },
+                version: if awaiting.is_some() { 3 } else { 2 },
+                lines: order.lines.clone(),
+                reservation: if order.lines.is_empty() {
+                    Reservation::None
+                } else {
+                    Reservation::Held
+                },
+                body: order.body.clone(),
+            })),
+            "exists" => match self.read_order(scope, &order.id).await? {
+                Some(existing) => Ok(Err(CreateRefusal::Exists(Box::new(existing)))),
+                None => Err(StoreError("order vanished after it existed".into())),
+            },
+            "unknown_sku" => Ok(Err(CreateRefusal::UnknownSku(line()?))),
+            "sold_out" => Ok(Err(CreateRefusal::SoldOut(line()?))),
+            "limit" => Ok(Err(CreateRefusal::LimitExceeded(line()?))),
+            other => Err(StoreError(format!("unexpected create answer {other:?}"))),
+        }
+    }
+
+    async fn read_order(
+        &self,
+        scope: &Scope,
+        id: &OrderId,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        let mut c = self.connection();
+        let row: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.order_key(scope, id))
+            .arg(&[
+                "status",
+                "version",
+                "member",
+                "lines",
+                "reservation",
+                "body",
+            ])
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        let [
+            Some(status),
+            Some(version),
+            Some(member),
+            Some(lines),
+            Some(reservation),
+            Some(body),
+        ] = <[Option<String>; 6]>::try_from(row).unwrap_or_default()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(StoredOrder {
+            id: id.clone(),
+            member: MemberId::parse(member).map_err(err)?,
+            status: status_from(&status)?,
+            version: version.parse().map_err(err)?,
+            lines: decode_lines(&lines)?,
+            reservation: reservation_from(&reservation)?,
+            body,
+        }))
+    }
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -410,99 +531,20 @@ impl CheckoutStore for RedisStore {
         scope: &Scope,
         order: &NewOrder,
     ) -> Result<Result<StoredOrder, CreateRefusal>, StoreError> {
-        check_lines(&order.lines)?;
-        self.note_scope(scope).await?;
-        let mut invocation = self.scripts().create.prepare_invoke();
-        invocation
-            .key(self.order_key(scope, &order.id))
-            .key(self.due_key(scope))
-            .key(self.outbox_key(scope));
-        for line in &order.lines {
-            let (stock, bought) = self.stock_keys(scope, &line.sku);
-            invocation.key(stock).key(bought);
-        }
-        invocation
-            .arg(order.id.as_str())
-            .arg(order.member.as_str())
-            .arg(order.due_at_ms)
-            .arg(&order.body)
-            .arg(encode_lines(&order.lines))
-            .arg(order.lines.len());
-        for line in &order.lines {
-            invocation.arg(line.quantity);
-        }
-        let mut c = self.connection();
-        let answer: Vec<Value> = invocation.invoke_async(&mut c).await.map_err(err)?;
-        let tag = answer.first().and_then(text).unwrap_or_default();
-        let line = || {
-            answer
-                .get(1)
-                .and_then(text)
-                .and_then(|i| i.parse::<usize>().ok())
-                .and_then(|i| order.lines.get(i.wrapping_sub(1)))
-                .map(|l| l.sku.clone())
-                .ok_or_else(|| StoreError("create script named no line".into()))
-        };
-        match tag.as_str() {
-            "created" => Ok(Ok(StoredOrder {
-                id: order.id.clone(),
-                member: order.member.clone(),
-                status: super::checkout::OrderStatus::Reserved,
-                version: 2,
-                lines: order.lines.clone(),
-                reservation: if order.lines.is_empty() {
-                    Reservation::None
-                } else {
-                    Reservation::Held
-                },
-                body: order.body.clone(),
-            })),
-            "exists" => match self.order(scope, &order.id).await? {
-                Some(existing) => Ok(Err(CreateRefusal::Exists(Box::new(existing)))),
-                None => Err(StoreError("order vanished after it existed".into())),
-            },
-            "unknown_sku" => Ok(Err(CreateRefusal::UnknownSku(line()?))),
-            "sold_out" => Ok(Err(CreateRefusal::SoldOut(line()?))),
-            "limit" => Ok(Err(CreateRefusal::LimitExceeded(line()?))),
-            other => Err(StoreError(format!("unexpected create answer {other:?}"))),
-        }
+        self.create(scope, order, None).await
+    }
+
+    async fn create_awaiting_payment(
+        &self,
+        scope: &Scope,
+        order: &NewOrder,
+        pay_by_ms: i64,
+    ) -> Result<Result<StoredOrder, CreateRefusal>, StoreError> {
+        self.create(scope, order, Some(pay_by_ms)).await
     }
 
     async fn order(&self, scope: &Scope, id: &OrderId) -> Result<Option<StoredOrder>, StoreError> {
-        let mut c = self.connection();
-        let row: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.order_key(scope, id))
-            .arg(&[
-                "status",
-                "version",
-                "member",
-                "lines",
-                "reservation",
-                "body",
-            ])
-            .query_async(&mut c)
-            .await
-            .map_err(err)?;
-        let [
-            Some(status),
-            Some(version),
-            Some(member),
-            Some(lines),
-            Some(reservation),
-            Some(body),
-        ] = <[Option<String>; 6]>::try_from(row).unwrap_or_default()
-        else {
-            return Ok(None);
-        };
-        Ok(Some(StoredOrder {
-            id: id.clone(),
-            member: MemberId::parse(member).map_err(err)?,
-            status: status_from(&status)?,
-            version: version.parse().map_err(err)?,
-            lines: decode_lines(&lines)?,
-            reservation: reservation_from(&reservation)?,
-            body,
-        }))
+        self.read_order(scope, id).await
     }
 
     async fn apply(
@@ -517,7 +559,7 @@ impl CheckoutStore for RedisStore {
         // answers `missing` for an unknown order.
         let current = match step.stock {
             StockEffect::None => None,
-            StockEffect::Release | StockEffect::Sell => match self.order(scope, id).await? {
+            StockEffect::Release | StockEffect::Sell => match self.read_order(scope, id).await? {
                 Some(current) => Some(current),
                 None => return Ok(StepOutcome::Missing),
             },

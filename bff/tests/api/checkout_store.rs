@@ -573,6 +573,122 @@ async fn never_oversells(store: SharedCheckoutStore) {
     assert_eq!(available + sold, 100);
 }
 
+async fn an_order_with_nothing_to_freeze_goes_straight_on_to_awaiting_payment(
+    store: SharedCheckoutStore,
+) {
+    let s = scope();
+    store.define_stock(&s, &sku("a"), 5, 0).await.unwrap();
+    let new = new_order(1, 1, &[("a", 2)]);
+    let created = store
+        .create_awaiting_payment(&s, &new, 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(created.status, OrderStatus::AwaitingPayment);
+    assert_eq!(created.version, 3);
+    assert_eq!(created.reservation, Reservation::Held);
+    assert_eq!(
+        store.order(&s, &new.id).await.unwrap(),
+        Some(created.clone())
+    );
+    assert_eq!(available(&store, "a").await, (3, 2, 0));
+    // Three transitions, three events, in order.
+    let events: Vec<_> = store
+        .outbox_events(&s)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.status, e.version, e.body))
+        .collect();
+    let body = new.body.clone();
+    assert_eq!(
+        events,
+        [
+            ("order.created".into(), "CREATED".into(), 1, body.clone()),
+            ("order.reserved".into(), "RESERVED".into(), 2, body.clone()),
+            (
+                "order.awaiting_payment".into(),
+                "AWAITING_PAYMENT".into(),
+                3,
+                body
+            ),
+        ]
+    );
+    // Due when payment is, not at the recovery time of a reserved order.
+    assert!(store.claim_due(&s, 1_000, 10, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.claim_due(&s, 5_000, 10, 10).await.unwrap(),
+        vec![new.id.clone()]
+    );
+    // A retry finds it; a refusal writes nothing.
+    assert_eq!(
+        store
+            .create_awaiting_payment(&s, &new, 5_000)
+            .await
+            .unwrap(),
+        Err(CreateRefusal::Exists(Box::new(created)))
+    );
+    assert_eq!(
+        store
+            .create_awaiting_payment(&s, &new_order(2, 2, &[("a", 4)]), 5_000)
+            .await
+            .unwrap(),
+        Err(CreateRefusal::SoldOut(sku("a")))
+    );
+    assert_eq!(store.outbox_events(&s).await.unwrap().len(), 3);
+    assert_eq!(available(&store, "a").await, (3, 2, 0));
+    // It moves on from there like any order awaiting payment.
+    assert_eq!(
+        store
+            .apply(
+                &s,
+                &new.id,
+                &step(
+                    OrderStatus::AwaitingPayment,
+                    3,
+                    OrderStatus::Cancelled,
+                    StockEffect::Release
+                )
+            )
+            .await
+            .unwrap(),
+        StepOutcome::Applied(4)
+    );
+    assert_eq!(available(&store, "a").await, (5, 0, 0));
+    // A pay-the-bill order has no stock lines.
+    let bill = store
+        .create_awaiting_payment(&s, &new_order(3, 3, &[]), 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (bill.status, bill.reservation),
+        (OrderStatus::AwaitingPayment, Reservation::None)
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_checkout_store_creates_an_order_straight_on_to_awaiting_payment() {
+    let (store, _dir) = embedded().await;
+    an_order_with_nothing_to_freeze_goes_straight_on_to_awaiting_payment(store).await;
+}
+
+#[tokio::test]
+async fn the_redis_checkout_store_creates_an_order_straight_on_to_awaiting_payment() {
+    an_order_with_nothing_to_freeze_goes_straight_on_to_awaiting_payment(
+        redis("co-straight").await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_creates_an_order_straight_on_to_awaiting_payment() {
+    an_order_with_nothing_to_freeze_goes_straight_on_to_awaiting_payment(
+        cluster("co-straight").await,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn the_embedded_checkout_store_reserves_and_moves_stock_exactly_once() {
     let (store, _dir) = embedded().await;
