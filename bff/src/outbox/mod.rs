@@ -14,6 +14,10 @@ use crate::store::SharedCheckoutStore;
 use crate::store::checkout::{OutboxEvent, Scope};
 use crate::upstream::order::{OrderClient, OrderEvent};
 
+/// Most batches one pass reads from one scope, so that one busy scope
+/// does not hold up the others.
+pub const MAX_BATCHES_PER_PASS: usize = 20;
+
 /// The consumer group of the order service.
 pub const ORDER_SERVICE_GROUP: &str = "order-service";
 
@@ -55,65 +59,96 @@ impl Relay {
         }
     }
 
+    /// Reads at most `batch` events at a time (default 100).
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
     /// One pass over every scope: reclaims stale pending events, reads new
     /// ones, delivers them in order and acknowledges what was delivered.
-    /// A failed delivery stops the scope's pass; the rest stay pending for
-    /// the next pass (of this or another relay).
+    /// A scope whose batch came back full is read again at once (up to
+    /// [`MAX_BATCHES_PER_PASS`] batches), so a backlog drains at the speed
+    /// of delivery rather than one batch per pass. A failed delivery stops
+    /// the scope's pass; the rest stay pending for the next pass (of this
+    /// or another relay).
     pub async fn pass(&self) -> Result<RelayReport, crate::store::StoreError> {
         let mut report = RelayReport::default();
-        let min_idle = u64::try_from(self.min_idle.as_millis()).unwrap_or(u64::MAX);
         for scope in self.store.scopes().await? {
-            let reclaimed = self
-                .store
+            for round in 0..MAX_BATCHES_PER_PASS {
+                let (full, failed) = self.scope_batch(&scope, round == 0, &mut report).await?;
+                if !full || failed {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Delivers one batch of a scope (with the reclaimed events first if
+    /// `reclaim`); answers whether the read batch was full and whether a
+    /// delivery failed.
+    async fn scope_batch(
+        &self,
+        scope: &Scope,
+        reclaim: bool,
+        report: &mut RelayReport,
+    ) -> Result<(bool, bool), crate::store::StoreError> {
+        let min_idle = u64::try_from(self.min_idle.as_millis()).unwrap_or(u64::MAX);
+        let reclaimed = if reclaim {
+            self.store
                 .outbox_claim(
-                    &scope,
+                    scope,
                     ORDER_SERVICE_GROUP,
                     &self.consumer,
                     min_idle,
                     self.batch,
                 )
-                .await?;
-            let fresh = self
-                .store
-                .outbox_read(&scope, ORDER_SERVICE_GROUP, &self.consumer, self.batch)
-                .await?;
-            let reclaimed_count = reclaimed.len();
-            let events: Vec<OutboxEvent> = reclaimed.into_iter().chain(fresh).collect();
-            let mut delivered = Vec::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                let sent = self
-                    .client
-                    .deliver(
-                        &scope.tenant,
-                        OrderEvent {
-                            order: &event.order,
-                            version: event.version,
-                            kind: &event.kind,
-                            status: &event.status,
-                            body: &event.body,
-                        },
-                    )
-                    .await;
-                match sent {
-                    Ok(()) => {
-                        delivered.push(event.id.clone());
-                        if i < reclaimed_count {
-                            report.reclaimed += 1;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, scope = %scope, "outbox delivery failed; will retry");
-                        report.failed += events.len() - i;
-                        break;
+                .await?
+        } else {
+            Vec::new()
+        };
+        let fresh = self
+            .store
+            .outbox_read(scope, ORDER_SERVICE_GROUP, &self.consumer, self.batch)
+            .await?;
+        let full = fresh.len() >= self.batch;
+        let reclaimed_count = reclaimed.len();
+        let events: Vec<OutboxEvent> = reclaimed.into_iter().chain(fresh).collect();
+        let mut delivered = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let sent = self
+                .client
+                .deliver(
+                    &scope.tenant,
+                    OrderEvent {
+                        order: &event.order,
+                        version: event.version,
+                        kind: &event.kind,
+                        status: &event.status,
+                        body: &event.body,
+                    },
+                )
+                .await;
+            match sent {
+                Ok(()) => {
+                    delivered.push(event.id.clone());
+                    if i < reclaimed_count {
+                        report.reclaimed += 1;
                     }
                 }
+                Err(error) => {
+                    tracing::warn!(%error, scope = %scope, "outbox delivery failed; will retry");
+                    report.failed += events.len() - i;
+                    break;
+                }
             }
-            self.store
-                .outbox_ack(&scope, ORDER_SERVICE_GROUP, &delivered)
-                .await?;
-            report.delivered += delivered.len();
         }
-        Ok(report)
+        self.store
+            .outbox_ack(scope, ORDER_SERVICE_GROUP, &delivered)
+            .await?;
+        report.delivered += delivered.len();
+        Ok((full, delivered.len() < events.len()))
     }
 }
 

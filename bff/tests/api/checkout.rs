@@ -1125,6 +1125,33 @@ async fn every_transition_has_one_event_and_the_order_service_sees_each_once() {
     assert_eq!(h.orders.book.deliveries(), 9);
 }
 
+#[tokio::test]
+async fn one_relay_pass_delivers_a_backlog_of_several_batches() {
+    let h = harness(Backend::Redis, "co-relay-backlog").await;
+    for n in 1..=3 {
+        h.checkout
+            .checkout(request(
+                &member(n),
+                items("sku-flash-1", 1),
+                0,
+                &format!("backlog-{n}"),
+            ))
+            .await
+            .unwrap();
+    }
+    // Nine events, read two at a time: one pass takes them all.
+    let relay = Relay::new(
+        h.store.clone(),
+        h.order_client.clone(),
+        "node-a",
+        Duration::from_secs(60),
+    )
+    .with_batch(2);
+    assert_eq!(relay.pass().await.unwrap().delivered, 9);
+    assert_eq!(h.orders.book.applied(), 9);
+    assert_eq!(relay.pass().await.unwrap().delivered, 0);
+}
+
 // ---------------------------------------------------- member-service holds
 
 #[tokio::test]
