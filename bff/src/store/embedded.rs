@@ -269,6 +269,7 @@ impl Store for EmbeddedStore {
         &self,
         scope: &str,
         limits: &[super::RateKey],
+        cost: u32,
     ) -> Result<Option<std::time::Duration>, StoreError> {
         use governor::clock::Clock;
         let clock = governor::clock::DefaultClock::default();
@@ -288,8 +289,16 @@ impl Store for EmbeddedStore {
                 limiter = Arc::new((quota, governor::RateLimiter::direct(quota)));
                 self.rates.insert(name, limiter.clone());
             }
-            if let Err(not_until) = limiter.1.check() {
-                return Ok(Some(not_until.wait_time_from(clock.now())));
+            // At most the burst counts: a larger batch waits for a full
+            // bucket, never for ever.
+            let n = std::num::NonZeroU32::new(cost.clamp(1, limit.burst.max(1)))
+                .unwrap_or(std::num::NonZeroU32::MIN);
+            match limiter.1.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => return Ok(Some(not_until.wait_time_from(clock.now()))),
+                // Cannot happen (n is at most the burst); refuse for one
+                // interval rather than admit.
+                Err(_) => return Ok(Some(limit.interval)),
             }
         }
         Ok(None)
