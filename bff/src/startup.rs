@@ -260,7 +260,8 @@ impl Application {
             OrderClient::new(&order_url, &Default::default(), metrics.clone()),
             format!("bff-{}-{:016x}", std::process::id(), rand::random::<u64>()),
             RELAY_MIN_IDLE,
-        );
+        )
+        .retaining(Duration::from_secs(settings.checkout.outbox_retention_secs));
         let state = AppState {
             inner: Arc::new(Inner {
                 caches,

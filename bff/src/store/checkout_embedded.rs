@@ -170,6 +170,7 @@ fn append_event(
         status: status.as_str().to_owned(),
         version,
         body: body.to_owned(),
+        at_ms: now_ms(),
     };
     tx.open_table(OUTBOX)?.insert(
         in_scope(scope, &seq_key(next)).as_str(),
@@ -749,6 +750,54 @@ impl CheckoutStore for EmbeddedStore {
                 events.push(event_of(seq, v.value())?);
             }
             Ok(events)
+        })
+        .await
+    }
+
+    async fn outbox_trim(&self, scope: &Scope, before_ms: i64) -> Result<u64, StoreError> {
+        let scope_k = scope_key(scope);
+        self.write(move |tx| {
+            // The first event some group still needs: its first pending
+            // one, or the one after the last it was given.
+            let groups = tx.open_table(GROUPS)?;
+            let pending = tx.open_table(PENDING)?;
+            let (start, end) = prefix_range(&scope_k);
+            let mut floor: Option<u64> = None;
+            for entry in groups.range(start.as_str()..end.as_str())? {
+                let (k, v) = entry?;
+                let mut needed = v.value() + 1;
+                let (p_start, p_end) = prefix_range(k.value());
+                if let Some(first) = pending.range(p_start.as_str()..p_end.as_str())?.next() {
+                    let (pk, _) = first?;
+                    let seq: u64 = pk
+                        .value()
+                        .rsplit('\u{0}')
+                        .next()
+                        .unwrap_or_default()
+                        .parse()
+                        .map_err(StoreError::from_display)?;
+                    needed = needed.min(seq);
+                }
+                floor = Some(floor.map_or(needed, |f| f.min(needed)));
+            }
+            let Some(floor) = floor else {
+                return Ok(0);
+            };
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut doomed = Vec::new();
+            let below = format!("{scope_k}\u{0}{}", seq_key(floor));
+            for entry in outbox.range(start.as_str()..below.as_str())? {
+                let (k, v) = entry?;
+                let event: OutboxEvent = serde_json::from_slice(v.value())?;
+                if event.at_ms >= before_ms {
+                    break;
+                }
+                doomed.push(k.value().to_owned());
+            }
+            for key in &doomed {
+                outbox.remove(key.as_str())?;
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }
