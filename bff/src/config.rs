@@ -469,7 +469,7 @@ impl Default for RetrySettings {
             max_retries: 3,
             min_delay_ms: 2,
             max_delay_ms: 50,
-            budget_ratio: 0.2,
+            budget_ratio: 0.25,
             budget_min_per_sec: 5,
         }
     }
