@@ -324,3 +324,36 @@ async fn every_configured_tenant_and_every_tenant_seen_lately_is_pre_warmed() {
     let demo = TenantId::parse("demo").unwrap();
     assert_eq!(products.prewarm_tenants([demo.clone()]), vec![beta, demo]);
 }
+
+#[tokio::test]
+async fn a_product_page_is_cached_shared_by_nodes_and_served_stale_when_the_service_fails() {
+    const PAGE: &str = r#"{ product(id: "sku-flash-1") { id name listPrice { amount } } }"#;
+    let redis = on_redis("product-page");
+    let app = spawn_app_with(|s| {
+        redis(s);
+        s.cache.product_ttl_secs = 1;
+        s.cache.stale_secs = 600;
+    })
+    .await;
+    let (_, first) = app.query(PAGE, None).await;
+    assert_eq!(first["errors"], Value::Null, "{first}");
+    assert_eq!(first["data"]["product"]["id"], "sku-flash-1");
+    let (_, again) = app.query(PAGE, None).await;
+    assert_eq!(again, first);
+    assert_eq!(app.calls("product", "products.batch"), 1);
+    // A second node finds it in the shared level.
+    let b = spawn_second_node(&app, |_| {}).await;
+    let (_, there) = b.query(PAGE, None).await;
+    assert_eq!(there, first);
+    assert_eq!(b.calls("product", "products.batch"), 0);
+
+    // Expired, with the product service down: served stale, marked so.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    app.product.set_faults(down());
+    let (_, stale) = app.query(PAGE, None).await;
+    assert_eq!(stale["data"], first["data"], "{stale}");
+    assert!(
+        stale_kinds(&stale).contains(&("product".into(), "sku-flash-1".into())),
+        "{stale}"
+    );
+}
