@@ -1,8 +1,11 @@
-//! The checkout's domain operations on the embedded file: one redb write
-//! transaction per step (redb runs write transactions one at a time, so a
-//! step sees no interleaving and commits whole or not at all). The outbox is
-//! a table ordered by a global sequence; consumer groups keep their cursor
-//! and their pending (delivered, unacknowledged) entries in two more tables.
+//! The checkout's domain operations on the embedded file. Each step is one
+//! job of the store's writer (see [`super::writer`]): the jobs of a group
+//! run one after another in one redb write transaction, so a step sees no
+//! interleaving and commits whole or not at all, with one fsync per group.
+//! Hence every step makes all the checks that can refuse it before its
+//! first write (a refusal commits with its group). The outbox is a table
+//! ordered by a global sequence; consumer groups keep their cursor and their
+//! pending (delivered, unacknowledged) entries in two more tables.
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -27,24 +30,6 @@ const SEQ: TableDefinition<&str, u64> = TableDefinition::new("co_seq");
 const GROUPS: TableDefinition<&str, u64> = TableDefinition::new("co_groups");
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("co_pending");
 const SCOPES: TableDefinition<&str, u8> = TableDefinition::new("co_scopes");
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::from_display(e)
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
-);
 
 /// Creates the checkout's tables (so read transactions always find them).
 pub(super) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
@@ -190,20 +175,7 @@ fn read_stock(
 }
 
 impl EmbeddedStore {
-    /// Runs `work` in one write transaction, committed if it returns `Ok`.
-    async fn write<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.run(move |db| {
-            let tx = db.begin_write()?;
-            let out = work(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-    }
-
+    /// Runs a read on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
@@ -233,11 +205,11 @@ impl CheckoutStore for EmbeddedStore {
         let scope = scope.clone();
         let key = in_scope(&scope, sku.as_str());
         self.write(move |tx| {
-            Self::note_scope(tx, &scope)?;
             let mut table = tx.open_table(STOCK)?;
             if table.get(key.as_str())?.is_some() {
                 return Ok(false);
             }
+            Self::note_scope(tx, &scope)?;
             let level = StockLevel {
                 available: initial,
                 reserved: 0,
@@ -287,7 +259,6 @@ impl CheckoutStore for EmbeddedStore {
         let scope = scope.clone();
         let order = order.clone();
         self.write(move |tx| {
-            Self::note_scope(tx, &scope)?;
             let order_key = in_scope(&scope, order.id.as_str());
             let mut orders = tx.open_table(ORDERS)?;
             if let Some(raw) = orders.get(order_key.as_str())? {
@@ -319,6 +290,7 @@ impl CheckoutStore for EmbeddedStore {
                 }
                 levels.push((key, level, bought_key, had, qty));
             }
+            Self::note_scope(tx, &scope)?;
             for (key, mut level, bought_key, had, qty) in levels {
                 level.available -= qty;
                 level.reserved += qty;
@@ -538,7 +510,7 @@ impl CheckoutStore for EmbeddedStore {
                 });
             }
             let row = IdemRow {
-                fingerprint,
+                fingerprint: fingerprint.clone(),
                 answer: None,
                 expires_ms: now + lease_ms.max(1),
             };
@@ -572,8 +544,8 @@ impl CheckoutStore for EmbeddedStore {
                 return Ok(());
             }
             let row = IdemRow {
-                fingerprint,
-                answer: Some(answer),
+                fingerprint: fingerprint.clone(),
+                answer: Some(answer.clone()),
                 expires_ms: now + ttl_ms.max(1),
             };
             table.insert(k.as_str(), serde_json::to_vec(&row)?.as_slice())?;
@@ -647,7 +619,7 @@ impl CheckoutStore for EmbeddedStore {
             }
             let mut pending = tx.open_table(PENDING)?;
             let row = serde_json::to_vec(&PendingRow {
-                consumer,
+                consumer: consumer.clone(),
                 delivered_ms: now_ms(),
             })?;
             for event in &events {
@@ -672,7 +644,7 @@ impl CheckoutStore for EmbeddedStore {
         let ids = ids.to_vec();
         self.write(move |tx| {
             let mut pending = tx.open_table(PENDING)?;
-            for id in ids {
+            for id in &ids {
                 let Ok(seq) = id.parse::<u64>() else { continue };
                 pending.remove(format!("{group_key}\u{0}{}", seq_key(seq)).as_str())?;
             }
@@ -710,7 +682,7 @@ impl CheckoutStore for EmbeddedStore {
             }
             let outbox = tx.open_table(OUTBOX)?;
             let row = serde_json::to_vec(&PendingRow {
-                consumer,
+                consumer: consumer.clone(),
                 delivered_ms: now,
             })?;
             let mut events = Vec::new();

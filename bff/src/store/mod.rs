@@ -10,13 +10,19 @@
 //! The checkout has its own domain operations ([`checkout::CheckoutStore`]:
 //! stock, orders, idempotency, the due index, the outbox), implemented by
 //! the same two backends, each operation one atomic step.
+//!
+//! The embedded file has one writer (`writer`): concurrent writes are
+//! committed in groups, one durable commit (one fsync) per group.
 
 pub mod checkout;
 mod checkout_embedded;
 mod checkout_redis;
 mod embedded;
+#[cfg(test)]
+mod group_commit_tests;
 mod redis;
 mod redis_connection;
+mod writer;
 
 use std::sync::Arc;
 
