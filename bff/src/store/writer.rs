@@ -118,7 +118,8 @@ type Queued = Box<dyn Job>;
 pub(super) struct Writer {
     queue: Option<mpsc::Sender<Queued>>,
     thread: Option<JoinHandle<()>>,
-    /// Transactions committed so far (each one group).
+    /// Transactions committed so far (each one group), for tests.
+    #[cfg(test)]
     commits: Arc<AtomicU64>,
 }
 
@@ -135,16 +136,19 @@ impl Writer {
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
+            #[cfg(test)]
             commits,
         })
     }
 
     /// Transactions committed so far.
+    #[cfg(test)]
     pub(super) fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting for the writer (not counting the group it runs).
+    #[cfg(test)]
     pub(super) fn waiting(&self) -> usize {
         self.queue
             .as_ref()
