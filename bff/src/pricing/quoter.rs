@@ -293,14 +293,12 @@ async fn lines(
             let found = sources.products(&ids).await?;
             let mut lines = Vec::with_capacity(items.len());
             for item in items {
-                let product =
-                    found
-                        .get(&item.product)
-                        .cloned()
-                        .ok_or_else(|| QuoteError::NotFound {
-                            what: "product",
-                            id: item.product.to_string(),
-                        })?;
+                let Some(product) = found.get(&item.product) else {
+                    return Err(QuoteError::NotFound {
+                        what: "product",
+                        id: item.product.to_string(),
+                    });
+                };
                 if &product.mall_id != mall {
                     return Err(bad(
                         "items",
@@ -308,7 +306,7 @@ async fn lines(
                     ));
                 }
                 // Checked against MAX_QUANTITY above.
-                lines.push((product, item.quantity as u32));
+                lines.push((product.clone(), item.quantity as u32));
             }
             Ok(lines)
         }
