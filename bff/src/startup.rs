@@ -225,11 +225,7 @@ impl Application {
             Duration::from_millis(settings.rules.batch_budget_ms),
         );
         let upstreams = Arc::new(upstreams);
-        let pricer = QuotePricer::new(
-            upstreams.clone(),
-            pricing.clone(),
-            Duration::from_micros(settings.graphql.dataloader_delay_us),
-        );
+        let pricer = QuotePricer::new(upstreams.clone(), pricing.clone());
         let checkout = Checkout::new(
             checkout_store.clone(),
             upstreams.clone(),
