@@ -116,6 +116,10 @@ pub struct CheckoutSettings {
     /// cancelled or expired) and nothing is left to do for it; at least a
     /// day (the idempotency records' lifetime), at most ten years.
     pub order_retention_secs: u64,
+    /// How long an order event stays in the outbox once the order service
+    /// has acknowledged it (for `bff events tail` and audits); events not
+    /// yet acknowledged are never removed.
+    pub outbox_retention_secs: u64,
 }
 
 impl Default for CheckoutSettings {
@@ -128,6 +132,7 @@ impl Default for CheckoutSettings {
             payment_secrets: std::collections::HashMap::new(),
             signature_tolerance_secs: crate::payment::DEFAULT_TOLERANCE_SECS,
             order_retention_secs: 30 * 24 * 3600,
+            outbox_retention_secs: 24 * 3600,
         }
     }
 }
@@ -464,7 +469,7 @@ impl Default for RetrySettings {
             max_retries: 3,
             min_delay_ms: 2,
             max_delay_ms: 50,
-            budget_ratio: 0.2,
+            budget_ratio: 0.25,
             budget_min_per_sec: 5,
         }
     }

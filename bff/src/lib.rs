@@ -17,7 +17,8 @@
 //! * [`mall`], [`member`], [`product`] — each capability's types, queries
 //!   and DataLoaders.
 //! * [`pricing`] — promotion rules as sandboxed WebAssembly components:
-//!   the host, the referee, the registry.
+//!   the host, the referee, the registry, and the quoter that prices a
+//!   cart for both `quote` and checkout.
 //! * [`cache`] — the two-level cache (in-process + shared store) of
 //!   reference and catalogue data: single flight, stale-if-error,
 //!   invalidation on every node.

@@ -225,11 +225,7 @@ impl Application {
             Duration::from_millis(settings.rules.batch_budget_ms),
         );
         let upstreams = Arc::new(upstreams);
-        let pricer = QuotePricer::new(
-            upstreams.clone(),
-            pricing.clone(),
-            Duration::from_micros(settings.graphql.dataloader_delay_us),
-        );
+        let pricer = QuotePricer::new(upstreams.clone(), pricing.clone());
         let checkout = Checkout::new(
             checkout_store.clone(),
             upstreams.clone(),
@@ -260,7 +256,8 @@ impl Application {
             OrderClient::new(&order_url, &Default::default(), metrics.clone()),
             format!("bff-{}-{:016x}", std::process::id(), rand::random::<u64>()),
             RELAY_MIN_IDLE,
-        );
+        )
+        .retaining(Duration::from_secs(settings.checkout.outbox_retention_secs));
         let state = AppState {
             inner: Arc::new(Inner {
                 caches,
@@ -393,8 +390,11 @@ async fn sweep_loop(checkout: Checkout, every: Duration) {
     }
 }
 
-/// Loads the flash sales of the default tenant into both cache levels
-/// every `every` (0: never), so a sale opens on warm caches.
+/// Loads the flash sales of every known tenant into both cache levels
+/// every `every` (0: never), so a sale opens on warm caches: the default
+/// tenant, those named in the configuration (upstream and rate overrides,
+/// the demo's extra tenants) and those whose members browsed flash sales in
+/// the last hour. One tenant's failing upstream does not stop the others.
 async fn prewarm_loop(app: AppState, every: Duration) {
     if every.is_zero() {
         return;
@@ -403,17 +403,37 @@ async fn prewarm_loop(app: AppState, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let tenant = app.default_tenant();
-        match app
+        for tenant in app
             .catalog()
             .products
-            .prewarm(tenant, &app.upstreams().mall)
-            .await
+            .prewarm_tenants(configured_tenants(app.settings()))
         {
-            Ok(products) => tracing::debug!(%tenant, products, "flash sales pre-warmed"),
-            Err(err) => tracing::warn!(%tenant, error = %err, "flash-sale pre-warm failed"),
+            match app
+                .catalog()
+                .products
+                .prewarm(&tenant, &app.upstreams().mall)
+                .await
+            {
+                Ok(products) => tracing::debug!(%tenant, products, "flash sales pre-warmed"),
+                Err(err) => tracing::warn!(%tenant, error = %err, "flash-sale pre-warm failed"),
+            }
         }
     }
+}
+
+/// Every tenant the configuration names.
+fn configured_tenants(settings: &Settings) -> Vec<TenantId> {
+    let mut tenants = vec![settings.default_tenant.clone()];
+    tenants.extend(settings.upstreams.tenants.keys().cloned());
+    tenants.extend(
+        settings
+            .admission
+            .tenants
+            .keys()
+            .filter_map(|t| TenantId::parse(t.clone()).ok()),
+    );
+    tenants.extend(settings.demo.extra_tenants.iter().cloned());
+    tenants
 }
 
 /// Delivers outbox events to the order service every `every`.

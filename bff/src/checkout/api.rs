@@ -1,10 +1,9 @@
 //! GraphQL of one-tap checkout — `checkout`, `cancelOrder` and `order` — a
 //! thin layer over [`Checkout`]; and [`QuotePricer`], which prices a
-//! checkout through the same path as the `quote` query, so a checkout
+//! checkout with the quoter, the `quote` query's own path, so a checkout
 //! charges exactly what the quote showed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use async_trait::async_trait;
@@ -14,35 +13,30 @@ use super::model::{
     Payments, PricedCart, PricedLine,
 };
 use super::{Checkout, CheckoutError};
-use crate::auth::Principal;
 use crate::domain::{
     CouponId, MallId, MemberId, MinorUnits, Money, ProductId, StoreId, TenantId, Timestamp,
 };
 use crate::error::ApiError;
-use crate::graphql::{Loaders, RequestContext, request};
+use crate::graphql::{RequestContext, request};
 use crate::pricing::Pricing;
-use crate::pricing::api::{CartInput, CartItemInput};
+use crate::pricing::api::CartInput;
 use crate::pricing::model::Channel;
+use crate::pricing::quoter::{QuoteError, QuoteItem, QuoteRequest, UpstreamSources};
 use crate::store::checkout::{OrderId, OrderStatus as StoredStatus};
 use crate::upstream::Upstreams;
 
-/// Prices checkout carts with the `quote` query's own code path and rule
-/// snapshot rules, as the member who checks out.
+/// Prices checkout carts with the quoter — the `quote` query's own path —
+/// as the member who checks out, reading the upstreams afresh and the rule
+/// snapshot of the moment.
 pub struct QuotePricer {
     upstreams: Arc<Upstreams>,
     pricing: Pricing,
-    delay: Duration,
 }
 
 impl QuotePricer {
-    /// A pricer over the upstreams and the promotion engine; `delay` is the
-    /// DataLoader batching window.
-    pub fn new(upstreams: Arc<Upstreams>, pricing: Pricing, delay: Duration) -> Self {
-        Self {
-            upstreams,
-            pricing,
-            delay,
-        }
+    /// A pricer over the upstreams and the promotion engine.
+    pub fn new(upstreams: Arc<Upstreams>, pricing: Pricing) -> Self {
+        Self { upstreams, pricing }
     }
 }
 
@@ -58,17 +52,15 @@ fn parse_channel(name: &str) -> Result<Channel, CheckoutError> {
         .map_err(|_| CheckoutError::BadInput(format!("unknown channel `{name}`")))
 }
 
-fn refusal(err: ApiError) -> CheckoutError {
+fn refusal(err: QuoteError) -> CheckoutError {
     match err {
-        ApiError::BadInput(invalid) => CheckoutError::BadInput(invalid.to_string()),
-        ApiError::NotFound { what, id } => {
-            CheckoutError::BadInput(format!("{what} `{id}` was not found"))
-        }
-        ApiError::Upstream(cause) => CheckoutError::Upstream(cause),
+        QuoteError::BadInput(invalid) => CheckoutError::BadInput(invalid.to_string()),
+        err @ QuoteError::NotFound { .. } => CheckoutError::BadInput(err.to_string()),
+        QuoteError::Upstream(cause) => CheckoutError::Upstream(cause),
         // A fail-closed rule failed: nothing is charged on that price.
-        ApiError::RuleFailed { .. } => CheckoutError::PriceDegraded,
-        other => {
-            tracing::error!(error = ?other, "the quote refused a checkout cart");
+        QuoteError::RuleFailed(_) => CheckoutError::PriceDegraded,
+        QuoteError::MemberRequired => {
+            tracing::error!("the quoter refused a checkout cart without its member");
             CheckoutError::BadInput("the cart cannot be priced".into())
         }
     }
@@ -82,44 +74,36 @@ impl CartPricer for QuotePricer {
         member: &MemberId,
         cart: &Cart,
     ) -> Result<PricedCart, CheckoutError> {
-        let principal = Principal::Member {
-            tenant: tenant.clone(),
-            member: member.clone(),
-        };
         let channel = match &cart.channel {
             Some(name) => parse_channel(name)?,
             None => Channel::App,
         };
-        let req = RequestContext {
-            loaders: Loaders::new(&self.upstreams, &principal, self.delay),
-            principal,
-            upstreams: Arc::clone(&self.upstreams),
-            pricing: self.pricing.clone(),
-            channel,
-            prices: crate::product::PriceBook::default(),
-            idempotency_key: None,
-            checkout: None,
-        };
-        let points_to_use = i32::try_from(cart.points_to_use)
-            .map_err(|_| CheckoutError::BadInput("pointsToUse is too large".into()))?;
-        let input = CartInput {
-            mall_id: ID(cart.mall.to_string()),
-            store_id: cart.store.as_ref().map(|s| ID(s.to_string())),
+        let request = QuoteRequest {
+            tenant: tenant.clone(),
+            member: Some(member.clone()),
+            mall: cart.mall.clone(),
+            store: cart.store.clone(),
             items: (!cart.items.is_empty()).then(|| {
                 cart.items
                     .iter()
-                    .map(|i| CartItemInput {
-                        product_id: ID(i.product.to_string()),
-                        quantity: i32::try_from(i.quantity).unwrap_or(i32::MAX),
+                    .map(|i| QuoteItem {
+                        product: i.product.clone(),
+                        quantity: i64::from(i.quantity),
                     })
                     .collect()
             }),
-            bill_amount: cart.bill_amount.map(|m| MinorUnits(m.minor())),
-            coupon_ids: Some(cart.coupons.iter().map(|c| ID(c.to_string())).collect()),
-            points_to_use: Some(points_to_use),
-            channel: Some(channel),
+            bill_amount: cart.bill_amount.map(Money::minor),
+            coupons: cart.coupons.iter().map(|c| c.to_string()).collect(),
+            points_to_use: cart.points_to_use,
+            channel,
         };
-        let quote = crate::pricing::api::quote(&req, input)
+        let sources = UpstreamSources {
+            upstreams: &self.upstreams,
+            tenant,
+        };
+        let quote = self
+            .pricing
+            .quote_cart(&sources, &request)
             .await
             .map_err(refusal)?;
         let lines = if cart.bill_amount.is_some() {
@@ -128,10 +112,9 @@ impl CartPricer for QuotePricer {
             quote
                 .lines
                 .iter()
-                .zip(&cart.items)
-                .map(|(line, item)| PricedLine {
-                    product: item.product.clone(),
-                    quantity: item.quantity,
+                .map(|line| PricedLine {
+                    product: line.product.id.clone(),
+                    quantity: line.quantity,
                     amount: line.payable,
                 })
                 .collect()
@@ -141,7 +124,7 @@ impl CartPricer for QuotePricer {
             lines,
             subtotal: quote.subtotal,
             discount,
-            points_used: i64::from(quote.points_used),
+            points_used: quote.points_used,
             payable: quote.payable,
             // A rule skipped while pricing: the checkout refuses to charge
             // this price (`PRICE_DEGRADED`).

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -125,7 +125,7 @@ pub fn router(service: Service, data: Arc<DemoData>, control: ServiceControl) ->
 }
 
 async fn inject_faults(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    state.control.requests.fetch_add(1, Ordering::Relaxed);
+    let n = state.control.requests.fetch_add(1, Ordering::Relaxed);
     let faults = state.control.faults();
     let (delay, fail) = {
         let mut rng = rand::rng();
@@ -134,7 +134,12 @@ async fn inject_faults(State(state): State<AppState>, req: Request, next: Next) 
         } else {
             0
         };
-        let fail = faults.down || (faults.error_rate > 0.0 && rng.random_bool(faults.error_rate));
+        // Which requests fail follows a fixed pseudo-random pattern over
+        // the service's request count, so a run with the same faults fails
+        // the same share of its requests every time (reproducible figures).
+        let fail = faults.down
+            || (faults.error_rate > 0.0
+                && rand::rngs::StdRng::seed_from_u64(n).random_bool(faults.error_rate));
         (faults.latency_ms.saturating_add(jitter), fail)
     };
     if delay > 0 {

@@ -312,12 +312,6 @@ pub async fn graphql(
             return resp;
         }
     };
-    if let Err(limited) = app.admission().check_rate(&principal).await {
-        let mut resp = crate::http::admission::rate_limited_response(limited);
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, media.content_type());
-        return resp;
-    }
     let Some(channel) = channel_of(&headers) else {
         return error_response_as(
             media,
@@ -424,6 +418,23 @@ pub async fn graphql(
             }
         }
     };
+
+    // Every operation counts against the caller's rates: a batch of n
+    // costs what n requests would.
+    let operations = match &requests {
+        Requests::Single(_) => 1,
+        Requests::Batch(batch) => batch.len(),
+    };
+    if let Err(limited) = app
+        .admission()
+        .check_rate(&caller.principal, operations)
+        .await
+    {
+        let mut resp = crate::http::admission::rate_limited_response(limited);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, media.content_type());
+        return resp;
+    }
 
     match requests {
         Requests::Single(request) => {

@@ -124,13 +124,24 @@ impl Admission {
         rates
     }
 
-    /// Counts one request of `principal` against its rates.
-    pub async fn check_rate(&self, principal: &Principal) -> Result<(), RateLimited> {
+    /// Counts `operations` requests of `principal` (a batch's operations)
+    /// against its rates, all or none. A batch larger than a rate's burst
+    /// costs that burst: it waits for a full bucket, never for ever.
+    pub async fn check_rate(
+        &self,
+        principal: &Principal,
+        operations: usize,
+    ) -> Result<(), RateLimited> {
         if !self.settings.enabled {
             return Ok(());
         }
         let rates = self.rates_of(principal);
-        match self.store.admit(principal.tenant().as_str(), &rates).await {
+        let cost = u32::try_from(operations.max(1)).unwrap_or(u32::MAX);
+        match self
+            .store
+            .admit(principal.tenant().as_str(), &rates, cost)
+            .await
+        {
             Ok(None) => {
                 self.metrics.admission("admitted");
                 Ok(())

@@ -7,8 +7,13 @@
 //! read and never acknowledged (its node died mid-batch) are claimed by
 //! another relay once they have been idle for `min_idle`, and delivered
 //! again — the order service applies each (order, version) once.
+//!
+//! Acknowledged events are kept for a retention time (for operators and
+//! audits), then removed by the relay; an event not acknowledged yet is
+//! never removed, whatever its age.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::store::SharedCheckoutStore;
 use crate::store::checkout::{OutboxEvent, Scope};
@@ -29,7 +34,13 @@ pub struct Relay {
     consumer: String,
     batch: usize,
     min_idle: Duration,
+    retention: Duration,
+    /// When this relay last removed old events.
+    last_trim: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How often a relay removes acknowledged events past their retention.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// What one pass delivered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +67,8 @@ impl Relay {
             consumer: consumer.into(),
             batch: 100,
             min_idle,
+            retention: Duration::from_secs(24 * 3600),
+            last_trim: Arc::default(),
         }
     }
 
@@ -63,6 +76,36 @@ impl Relay {
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
+    }
+
+    /// Keeps acknowledged events for `retention` (default a day).
+    pub fn retaining(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Removes, in every scope, the events acknowledged by every consumer
+    /// group and older than the retention. Returns how many were removed.
+    pub async fn trim(&self) -> Result<u64, crate::store::StoreError> {
+        let retention = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        let before = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(retention);
+        let mut removed = 0;
+        for scope in self.store.scopes().await? {
+            removed += self.store.outbox_trim(&scope, before).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Whether a trim is due (at most one per [`TRIM_EVERY`] per relay).
+    fn trim_due(&self) -> bool {
+        let mut last = self.last_trim.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= TRIM_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// One pass over every scope: reclaims stale pending events, reads new
@@ -80,6 +123,13 @@ impl Relay {
                 if !full || failed {
                     break;
                 }
+            }
+        }
+        if self.trim_due() {
+            match self.trim().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(removed, "acknowledged order events removed"),
+                Err(error) => tracing::warn!(%error, "old order events could not be removed"),
             }
         }
         Ok(report)
@@ -165,17 +215,20 @@ pub fn event_line(scope: &Scope, event: &OutboxEvent) -> String {
         "order": event.order,
         "status": event.status,
         "version": event.version,
+        "at_ms": event.at_ms,
         "body": body,
     })
     .to_string()
 }
 
-/// Prints every scope's events not printed yet (`seen`: how many of each
-/// scope's events were printed before) through `print`; answers how many
-/// it printed. Reads only: consumer groups are untouched.
+/// Prints every scope's events not printed yet (`seen`: the last event
+/// printed of each scope) through `print`; answers how many it printed.
+/// Reads only: consumer groups are untouched. Old events are only ever
+/// removed from the front of an outbox, so when the last one printed is
+/// gone, every event left is newer.
 pub async fn print_new_events(
     store: &SharedCheckoutStore,
-    seen: &mut std::collections::HashMap<Scope, usize>,
+    seen: &mut std::collections::HashMap<Scope, String>,
     mut print: impl FnMut(&str),
 ) -> Result<usize, crate::store::StoreError> {
     let mut printed = 0;
@@ -183,12 +236,17 @@ pub async fn print_new_events(
     scopes.sort();
     for scope in scopes {
         let events = store.outbox_events(&scope).await?;
-        let done = seen.entry(scope.clone()).or_default();
-        for event in events.iter().skip(*done) {
+        let start = seen
+            .get(&scope)
+            .and_then(|last| events.iter().position(|e| &e.id == last))
+            .map_or(0, |i| i + 1);
+        for event in &events[start..] {
             print(&event_line(&scope, event));
             printed += 1;
         }
-        *done = (*done).max(events.len());
+        if let Some(last) = events.last() {
+            seen.insert(scope, last.id.clone());
+        }
     }
     Ok(printed)
 }

@@ -879,3 +879,771 @@ pub fn dry_run(host: &RuleHost, rule: &ActiveRule, cart: &mut wit::Cart) -> DryR
         logs_dropped: evaluation.logs_dropped,
     }
 }
+
+/// The referee's own checks, each against an outcome handed to it directly
+/// (as a rule would return it): every check refuses the outcome that breaks
+/// it with `INVALID_OUTPUT`, and accepts the same outcome within bounds.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock};
+
+    use super::*;
+    use crate::pricing::host::PoolSize;
+    use crate::pricing::model::{Limits, Scope};
+
+    /// A real compiled rule, shared by every test: the referee never runs
+    /// it here (outcomes are handed in), but a deployment needs one.
+    static HOST: LazyLock<(Arc<RuleHost>, Arc<CompiledRule>)> = LazyLock::new(|| {
+        let host = RuleHost::shared(PoolSize { instances: 2 }).expect("rule host");
+        let compiled = host
+            .compile_cached(crate::demo::rules::wasm::COUPON)
+            .expect("the demo coupon rule compiles");
+        (host, compiled)
+    });
+
+    const NOW: i64 = 1_700_000_000_000;
+    const DAY: i64 = 86_400_000;
+
+    struct Quiet;
+    impl Observer for Quiet {
+        fn observed(&self, _: &ActiveRule, _: &Evaluation, _: Option<&FailureReason>) {}
+    }
+
+    fn rule(name: &str, stage: Stage) -> ActiveRule {
+        ActiveRule {
+            name: name.to_owned(),
+            version: Arc::new(Version {
+                version: 1,
+                component: HOST.1.sha256.clone(),
+                config: String::new(),
+                scope: Scope::default(),
+                stage,
+                priority: 100,
+                stacking_group: None,
+                limits: Limits::default(),
+                failure_policy: FailurePolicy::Skip,
+                published_at: chrono::Utc::now(),
+                published_by: String::new(),
+            }),
+            compiled: HOST.1.clone(),
+            revision: 0,
+        }
+    }
+
+    fn with(mut rule: ActiveRule, change: impl FnOnce(&mut Version)) -> ActiveRule {
+        change(Arc::make_mut(&mut rule.version));
+        rule
+    }
+
+    fn coupon(id: &str, value: wit::CouponValue, min_spend: i64, expires_at: i64) -> wit::Coupon {
+        wit::Coupon {
+            id: id.to_owned(),
+            title: id.to_owned(),
+            value,
+            min_spend,
+            expires_at,
+        }
+    }
+
+    fn line(id: &str, unit_price: i64, quantity: u32) -> wit::Line {
+        wit::Line {
+            id: id.to_owned(),
+            sku: id.to_owned(),
+            store: "store-1".into(),
+            category: "food".into(),
+            tags: Vec::new(),
+            unit_price,
+            quantity,
+            payable: unit_price * i64::from(quantity),
+            flash_sale: None,
+        }
+    }
+
+    /// Line `a` costs 2 × 1000, line `b` 500: 2500 payable. The member has
+    /// 1000 points and asks to spend 300.
+    fn cart() -> wit::Cart {
+        let held = vec![
+            coupon("cash-5", wit::CouponValue::AmountOff(500), 1_000, NOW + DAY),
+            coupon("pct-10", wit::CouponValue::PercentOff(1_000), 0, NOW + DAY),
+            coupon("old", wit::CouponValue::AmountOff(100), 0, NOW),
+            coupon(
+                "min-3000",
+                wit::CouponValue::AmountOff(100),
+                3_000,
+                NOW + DAY,
+            ),
+            coupon("unchosen", wit::CouponValue::AmountOff(100), 0, NOW + DAY),
+        ];
+        wit::Cart {
+            kind: wit::BatchKind::Cart,
+            tenant: "demo".into(),
+            mall: "mall-1".into(),
+            channel: wit::Channel::App,
+            now: NOW,
+            member: Some(wit::Member {
+                id: "member-1".into(),
+                level: "gold".into(),
+                points: 1_000,
+                tags: Vec::new(),
+            }),
+            lines: vec![line("a", 1_000, 2), line("b", 500, 1)],
+            payable: 2_500,
+            held_coupons: held,
+            chosen_coupons: ["cash-5", "pct-10", "old", "min-3000", "not-held"]
+                .map(String::from)
+                .to_vec(),
+            points_to_use: 300,
+        }
+    }
+
+    fn outcome() -> wit::Outcome {
+        wit::Outcome {
+            line_discounts: Vec::new(),
+            order_discounts: Vec::new(),
+            points: None,
+            hints: Vec::new(),
+        }
+    }
+
+    fn on_line(id: &str, amount: i64) -> wit::LineDiscount {
+        wit::LineDiscount {
+            line_id: id.to_owned(),
+            amount,
+            label: "line offer".into(),
+        }
+    }
+
+    fn off_order(amount: i64, coupon: Option<&str>) -> wit::OrderDiscount {
+        wit::OrderDiscount {
+            amount,
+            label: "order offer".into(),
+            coupon_id: coupon.map(str::to_owned),
+        }
+    }
+
+    fn spend(points: i64, amount: i64) -> Option<wit::PointsOffset> {
+        Some(wit::PointsOffset {
+            points,
+            amount,
+            label: "points".into(),
+        })
+    }
+
+    fn hint(shortfall: Option<i64>) -> wit::Hint {
+        wit::Hint {
+            code: "spend-more".into(),
+            message: "spend more".into(),
+            shortfall,
+        }
+    }
+
+    /// Referees `cart` with each rule returning its outcome.
+    fn run(cart: &wit::Cart, rules: &[(ActiveRule, wit::Outcome)]) -> Priced {
+        let outcomes: HashMap<String, wit::Outcome> = rules
+            .iter()
+            .map(|(r, o)| (r.name.clone(), o.clone()))
+            .collect();
+        let active: Vec<ActiveRule> = rules.iter().map(|(r, _)| r.clone()).collect();
+        let referee = Referee {
+            host: &HOST.0,
+            observer: &Quiet,
+            budget: Duration::from_secs(60),
+        };
+        let mut cart = cart.clone();
+        referee
+            .price_with(&active, &mut cart, &mut |rule, _| Evaluation {
+                result: Ok(Ok(outcomes[&rule.name].clone())),
+                fuel_used: 0,
+                elapsed: Duration::ZERO,
+                logs: Vec::new(),
+                logs_dropped: 0,
+            })
+            .expect("skip-policy rules never fail the batch")
+    }
+
+    fn one(stage: Stage, outcome: wit::Outcome) -> Priced {
+        run(&cart(), &[(rule("r", stage), outcome)])
+    }
+
+    #[track_caller]
+    fn assert_refused(priced: &Priced, rule: &str, detail: &str) {
+        let failure = priced
+            .failures
+            .iter()
+            .find(|f| f.name == rule)
+            .unwrap_or_else(|| panic!("rule {rule} was accepted: {priced:?}"));
+        assert_eq!(failure.code, "INVALID_OUTPUT", "{failure:?}");
+        assert!(
+            failure.detail.contains(detail),
+            "detail {:?} does not say {detail:?}",
+            failure.detail
+        );
+        assert!(priced.degraded);
+        let id = format!("{rule}@1");
+        assert!(
+            priced.applied.iter().all(|a| a.rule_id != id),
+            "a refused rule applied something: {priced:?}"
+        );
+    }
+
+    #[track_caller]
+    fn assert_accepted(priced: &Priced) {
+        assert!(priced.failures.is_empty(), "{:?}", priced.failures);
+        assert!(!priced.degraded);
+    }
+
+    #[test]
+    fn an_expired_coupon_is_refused_and_a_valid_one_accepted() {
+        let redeem = wit::Outcome {
+            order_discounts: vec![off_order(100, Some("old"))],
+            ..outcome()
+        };
+        // Expiring at the cart's `now` is expired.
+        assert_refused(&one(Stage::Coupon, redeem.clone()), "r", "has expired");
+
+        let mut fresh = cart();
+        fresh.held_coupons[2].expires_at = NOW + 1;
+        let priced = run(&fresh, &[(rule("r", Stage::Coupon), redeem)]);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 2_400);
+    }
+
+    #[test]
+    fn a_coupon_below_its_minimum_spend_is_refused() {
+        let redeem = wit::Outcome {
+            order_discounts: vec![off_order(100, Some("min-3000"))],
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Coupon, redeem.clone()),
+            "r",
+            "needs a spend of 3000",
+        );
+
+        let mut enough = cart();
+        enough.held_coupons[3].min_spend = 2_500;
+        assert_accepted(&run(&enough, &[(rule("r", Stage::Coupon), redeem)]));
+
+        // The minimum is checked against the payable after the rule's own
+        // line discounts.
+        let with_lines = wit::Outcome {
+            line_discounts: vec![on_line("a", 1)],
+            order_discounts: vec![off_order(100, Some("min-3000"))],
+            ..outcome()
+        };
+        let priced = run(&enough, &[(rule("r", Stage::Coupon), with_lines)]);
+        assert_refused(&priced, "r", "the payable is 2499");
+    }
+
+    #[test]
+    fn an_amount_off_coupon_takes_at_most_its_face_value() {
+        let over = wit::Outcome {
+            order_discounts: vec![off_order(501, Some("cash-5"))],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Coupon, over), "r", "is worth at most 500");
+        let face = wit::Outcome {
+            order_discounts: vec![off_order(500, Some("cash-5"))],
+            ..outcome()
+        };
+        let priced = one(Stage::Coupon, face);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 2_000);
+    }
+
+    #[test]
+    fn a_percent_off_coupon_takes_at_most_its_share_of_the_payable() {
+        // 10% of 2500.
+        let over = wit::Outcome {
+            order_discounts: vec![off_order(251, Some("pct-10"))],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Coupon, over), "r", "is worth at most 250");
+        let share = wit::Outcome {
+            order_discounts: vec![off_order(250, Some("pct-10"))],
+            ..outcome()
+        };
+        let priced = one(Stage::Coupon, share);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 2_250);
+    }
+
+    #[test]
+    fn a_coupon_redeemed_twice_by_one_rule_is_refused() {
+        let twice = wit::Outcome {
+            order_discounts: vec![
+                off_order(100, Some("cash-5")),
+                off_order(100, Some("cash-5")),
+            ],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Coupon, twice), "r", "redeemed twice");
+        let two_coupons = wit::Outcome {
+            order_discounts: vec![
+                off_order(100, Some("cash-5")),
+                off_order(100, Some("pct-10")),
+            ],
+            ..outcome()
+        };
+        let priced = one(Stage::Coupon, two_coupons);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 2_300);
+    }
+
+    #[test]
+    fn a_coupon_redeemed_by_an_earlier_rule_is_refused_to_a_later_one() {
+        let first = with(rule("first", Stage::Coupon), |v| v.priority = 1);
+        let second = with(rule("second", Stage::Coupon), |v| v.priority = 2);
+        let cash = wit::Outcome {
+            order_discounts: vec![off_order(100, Some("cash-5"))],
+            ..outcome()
+        };
+        let priced = run(
+            &cart(),
+            &[
+                (first.clone(), cash.clone()),
+                (second.clone(), cash.clone()),
+            ],
+        );
+        assert_refused(&priced, "second", "redeemed twice");
+        assert_eq!(priced.payable, 2_400, "the first redemption stands");
+
+        let other = wit::Outcome {
+            order_discounts: vec![off_order(100, Some("pct-10"))],
+            ..outcome()
+        };
+        let priced = run(&cart(), &[(first, cash), (second, other)]);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 2_300);
+    }
+
+    #[test]
+    fn a_coupon_the_member_did_not_choose_or_does_not_hold_is_refused() {
+        for id in ["unchosen", "not-held"] {
+            let redeem = wit::Outcome {
+                order_discounts: vec![off_order(100, Some(id))],
+                ..outcome()
+            };
+            assert_refused(
+                &one(Stage::Coupon, redeem),
+                "r",
+                "was not chosen by the member or is not held",
+            );
+        }
+        let mut chosen = cart();
+        chosen.chosen_coupons.push("unchosen".into());
+        let redeem = wit::Outcome {
+            order_discounts: vec![off_order(100, Some("unchosen"))],
+            ..outcome()
+        };
+        assert_accepted(&run(&chosen, &[(rule("r", Stage::Coupon), redeem)]));
+    }
+
+    #[test]
+    fn each_stage_proposes_only_what_it_may() {
+        let lines = wit::Outcome {
+            line_discounts: vec![on_line("a", 100)],
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Points, lines.clone()),
+            "r",
+            "a points-stage rule proposed line discounts",
+        );
+        assert_accepted(&one(Stage::Item, lines));
+
+        let order = wit::Outcome {
+            order_discounts: vec![off_order(100, None)],
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Item, order.clone()),
+            "r",
+            "item-stage rule proposed an order discount",
+        );
+        assert_refused(
+            &one(Stage::Points, order.clone()),
+            "r",
+            "points-stage rule proposed an order discount",
+        );
+        assert_accepted(&one(Stage::Order, order));
+
+        let points = wit::Outcome {
+            points: spend(100, 100),
+            ..outcome()
+        };
+        for stage in [Stage::Item, Stage::Order, Stage::Coupon] {
+            assert_refused(
+                &one(stage, points.clone()),
+                "r",
+                "-stage rule proposed a points offset",
+            );
+        }
+        let priced = one(Stage::Points, points);
+        assert_accepted(&priced);
+        assert_eq!((priced.points_used, priced.points_amount), (100, 100));
+    }
+
+    #[test]
+    fn points_are_bounded_by_the_balance_the_ask_and_the_payable() {
+        let mut rich = cart();
+        rich.points_to_use = 5_000;
+        // Above the balance of 1000.
+        let over_balance = wit::Outcome {
+            points: spend(1_001, 100),
+            ..outcome()
+        };
+        let priced = run(&rich, &[(rule("r", Stage::Points), over_balance)]);
+        assert_refused(&priced, "r", "spends 1001 points; the member has 1000");
+        let balance = wit::Outcome {
+            points: spend(1_000, 100),
+            ..outcome()
+        };
+        assert_accepted(&run(&rich, &[(rule("r", Stage::Points), balance)]));
+
+        // Above what the member asked to spend (300).
+        let over_ask = wit::Outcome {
+            points: spend(301, 100),
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Points, over_ask), "r", "asked for 300");
+        assert_accepted(&one(
+            Stage::Points,
+            wit::Outcome {
+                points: spend(300, 100),
+                ..outcome()
+            },
+        ));
+
+        // Above the payable (2500).
+        let over_payable = wit::Outcome {
+            points: spend(300, 2_501),
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Points, over_payable),
+            "r",
+            "exceeds the payable 2500",
+        );
+        let all = one(
+            Stage::Points,
+            wit::Outcome {
+                points: spend(300, 2_500),
+                ..outcome()
+            },
+        );
+        assert_accepted(&all);
+        assert_eq!(all.payable, 0);
+    }
+
+    #[test]
+    fn points_spent_by_an_earlier_rule_count_against_a_later_one() {
+        let first = with(rule("first", Stage::Points), |v| v.priority = 1);
+        let second = with(rule("second", Stage::Points), |v| v.priority = 2);
+        let spend_200 = wit::Outcome {
+            points: spend(200, 200),
+            ..outcome()
+        };
+        let priced = run(
+            &cart(),
+            &[
+                (first.clone(), spend_200.clone()),
+                (second.clone(), spend_200.clone()),
+            ],
+        );
+        assert_refused(&priced, "second", "spends 200 points");
+        assert_eq!(priced.points_used, 200);
+
+        let spend_100 = wit::Outcome {
+            points: spend(100, 100),
+            ..outcome()
+        };
+        let priced = run(&cart(), &[(first, spend_200), (second, spend_100)]);
+        assert_accepted(&priced);
+        assert_eq!((priced.points_used, priced.payable), (300, 2_200));
+
+        // Without a member there is no balance at all.
+        let mut visitor = cart();
+        visitor.member = None;
+        let priced = run(
+            &visitor,
+            &[(
+                rule("r", Stage::Points),
+                wit::Outcome {
+                    points: spend(1, 1),
+                    ..outcome()
+                },
+            )],
+        );
+        assert_refused(&priced, "r", "the member has 0");
+    }
+
+    #[test]
+    fn negative_amounts_are_refused() {
+        let line = wit::Outcome {
+            line_discounts: vec![on_line("a", -1)],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Item, line), "r", "negative discount -1");
+        let order = wit::Outcome {
+            order_discounts: vec![off_order(-1, None)],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Order, order), "r", "negative order discount -1");
+        for points in [spend(-1, 100), spend(100, -1)] {
+            let negative = wit::Outcome {
+                points,
+                ..outcome()
+            };
+            assert_refused(&one(Stage::Points, negative), "r", "negative points offset");
+        }
+        // Zero is no discount, not an error.
+        let zero = wit::Outcome {
+            line_discounts: vec![on_line("a", 0)],
+            ..outcome()
+        };
+        let priced = one(Stage::Item, zero);
+        assert_accepted(&priced);
+        assert!(priced.applied.is_empty());
+    }
+
+    #[test]
+    fn discounts_never_exceed_a_line_or_the_order() {
+        // Line `a` is 2000.
+        let over_line = wit::Outcome {
+            line_discounts: vec![on_line("a", 1_500), on_line("a", 501)],
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Item, over_line),
+            "r",
+            "discounts of 2001 on line",
+        );
+        let whole_line = wit::Outcome {
+            line_discounts: vec![on_line("a", 1_500), on_line("a", 500)],
+            ..outcome()
+        };
+        let priced = one(Stage::Item, whole_line);
+        assert_accepted(&priced);
+        assert_eq!(priced.lines[0].payable, 0);
+
+        let over_order = wit::Outcome {
+            order_discounts: vec![off_order(2_000, None), off_order(501, None)],
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Order, over_order),
+            "r",
+            "order discounts of 2501 exceed the payable 2500",
+        );
+        let whole_order = wit::Outcome {
+            order_discounts: vec![off_order(2_000, None), off_order(500, None)],
+            ..outcome()
+        };
+        let priced = one(Stage::Order, whole_order);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 0);
+    }
+
+    #[test]
+    fn a_discount_on_an_unknown_line_is_refused() {
+        let unknown = wit::Outcome {
+            line_discounts: vec![on_line("c", 100)],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Item, unknown), "r", "unknown line");
+        let known = wit::Outcome {
+            line_discounts: vec![on_line("b", 100)],
+            ..outcome()
+        };
+        assert_accepted(&one(Stage::Item, known));
+    }
+
+    #[test]
+    fn a_hint_shortfall_above_the_largest_amount_is_refused() {
+        let huge = wit::Outcome {
+            hints: vec![hint(Some(caps::MAX_SHORTFALL + 1))],
+            ..outcome()
+        };
+        assert_refused(&one(Stage::Order, huge), "r", "hint shortfall");
+        let largest = wit::Outcome {
+            hints: vec![hint(Some(caps::MAX_SHORTFALL))],
+            ..outcome()
+        };
+        let priced = one(Stage::Order, largest);
+        assert_accepted(&priced);
+        assert_eq!(priced.hints.len(), 1);
+    }
+
+    #[test]
+    fn one_rule_proposes_at_most_so_many_discounts_and_hints() {
+        // Two lines: 2 × 2 + 8 line discounts.
+        let line_cap = 2 * 2 + caps::LINE_DISCOUNTS_EXTRA;
+        let lines = |n: usize| wit::Outcome {
+            line_discounts: vec![on_line("a", 1); n],
+            ..outcome()
+        };
+        assert_refused(
+            &one(Stage::Item, lines(line_cap + 1)),
+            "r",
+            &format!("at most {line_cap} for this batch"),
+        );
+        assert_accepted(&one(Stage::Item, lines(line_cap)));
+
+        let orders = |n: usize| wit::Outcome {
+            order_discounts: vec![off_order(1, None); n],
+            ..outcome()
+        };
+        let most = caps::ORDER_DISCOUNTS_PER_RULE;
+        assert_refused(
+            &one(Stage::Order, orders(most + 1)),
+            "r",
+            &format!("{} order discounts; at most {most}", most + 1),
+        );
+        assert_accepted(&one(Stage::Order, orders(most)));
+
+        let hints = |n: usize| wit::Outcome {
+            hints: vec![hint(None); n],
+            ..outcome()
+        };
+        let most = caps::HINTS_PER_RULE;
+        assert_refused(
+            &one(Stage::Order, hints(most + 1)),
+            "r",
+            &format!("{} hints; at most {most}", most + 1),
+        );
+        assert_accepted(&one(Stage::Order, hints(most)));
+    }
+
+    #[test]
+    fn a_batch_keeps_at_most_so_many_applied_entries() {
+        // 100 lines; each rule takes 1 off every line twice: 200 entries.
+        let mut big = cart();
+        big.lines = (0..100)
+            .map(|n| line(&format!("l{n}"), 10_000, 1))
+            .collect();
+        big.payable = 1_000_000;
+        let per_rule = wit::Outcome {
+            line_discounts: big
+                .lines
+                .iter()
+                .flat_map(|l| [on_line(&l.id, 1), on_line(&l.id, 1)])
+                .collect(),
+            ..outcome()
+        };
+        let full = caps::APPLIED_PER_BATCH / per_rule.line_discounts.len();
+        let mut rules: Vec<(ActiveRule, wit::Outcome)> = (0..full)
+            .map(|n| (rule(&format!("r{n}"), Stage::Item), per_rule.clone()))
+            .collect();
+        let priced = run(&big, &rules);
+        assert_accepted(&priced);
+        assert_eq!(priced.applied.len(), caps::APPLIED_PER_BATCH);
+
+        rules.push((
+            with(rule("one-more", Stage::Item), |v| v.priority = 200),
+            wit::Outcome {
+                line_discounts: vec![on_line("l0", 1)],
+                ..outcome()
+            },
+        ));
+        let priced = run(&big, &rules);
+        assert_refused(&priced, "one-more", "applied entries");
+        assert_eq!(priced.applied.len(), caps::APPLIED_PER_BATCH);
+    }
+
+    #[test]
+    fn a_deployment_cap_reduces_what_one_rule_takes() {
+        let proposal = wit::Outcome {
+            line_discounts: vec![on_line("a", 200)],
+            order_discounts: vec![off_order(250, None)],
+            ..outcome()
+        };
+        let uncapped = one(Stage::Order, proposal.clone());
+        assert_accepted(&uncapped);
+        assert_eq!(uncapped.payable, 2_050);
+
+        // Capped at 300: cut from the last proposal first.
+        let capped = with(rule("r", Stage::Order), |v| v.limits.max_discount = 300);
+        let priced = run(&cart(), &[(capped, proposal)]);
+        assert_accepted(&priced);
+        assert_eq!(priced.payable, 2_200);
+        let amounts: Vec<i64> = priced.applied.iter().map(|a| a.amount).collect();
+        assert_eq!(amounts, [200, 100]);
+
+        // A capped points offset spends proportionally fewer points.
+        let points = wit::Outcome {
+            points: spend(300, 300),
+            ..outcome()
+        };
+        let capped = with(rule("p", Stage::Points), |v| v.limits.max_discount = 100);
+        let priced = run(&cart(), &[(capped, points)]);
+        assert_accepted(&priced);
+        assert_eq!((priced.points_used, priced.points_amount), (100, 100));
+    }
+
+    #[test]
+    fn a_stacking_group_keeps_the_best_offer_per_line_and_per_order() {
+        let grouped = |name: &str, stage: Stage| {
+            with(rule(name, stage), |v| {
+                v.stacking_group = Some("best".into())
+            })
+        };
+        let left = wit::Outcome {
+            line_discounts: vec![on_line("a", 100), on_line("b", 50)],
+            ..outcome()
+        };
+        let right = wit::Outcome {
+            line_discounts: vec![on_line("a", 80), on_line("b", 90)],
+            ..outcome()
+        };
+        let priced = run(
+            &cart(),
+            &[
+                (grouped("left", Stage::Item), left.clone()),
+                (grouped("right", Stage::Item), right.clone()),
+            ],
+        );
+        assert_accepted(&priced);
+        let by_line: Vec<(&str, i64)> = priced
+            .applied
+            .iter()
+            .map(|a| (a.rule_id.as_str(), a.amount))
+            .collect();
+        assert_eq!(by_line, [("left@1", 100), ("right@1", 90)]);
+        assert_eq!(priced.payable, 2_500 - 190);
+
+        // Outside a group, both stack.
+        let priced = run(
+            &cart(),
+            &[
+                (rule("left", Stage::Item), left),
+                (rule("right", Stage::Item), right),
+            ],
+        );
+        assert_eq!(priced.payable, 2_500 - 320);
+
+        let small = wit::Outcome {
+            order_discounts: vec![off_order(200, None)],
+            ..outcome()
+        };
+        let large = wit::Outcome {
+            order_discounts: vec![off_order(300, None)],
+            ..outcome()
+        };
+        let priced = run(
+            &cart(),
+            &[
+                (grouped("small", Stage::Order), small),
+                (grouped("large", Stage::Order), large),
+            ],
+        );
+        assert_accepted(&priced);
+        let applied: Vec<(&str, i64)> = priced
+            .applied
+            .iter()
+            .map(|a| (a.rule_id.as_str(), a.amount))
+            .collect();
+        assert_eq!(applied, [("large@1", 300)]);
+    }
+}

@@ -10,3 +10,7 @@ pub const MAX_QUANTITY: i32 = 999;
 pub const MAX_BILL: i64 = 10_000_000_000;
 /// Most coupons on one cart.
 pub const MAX_COUPONS: usize = 10;
+/// Largest subtotal of one cart, in minor units (¥10,000,000,000): every
+/// sum and discount of a quote stays far below
+/// [`crate::domain::MAX_MINOR_UNITS`].
+pub const MAX_CART_TOTAL: i64 = 1_000_000_000_000;

@@ -1,7 +1,9 @@
 //! The promotion engine: rules are WebAssembly components (`host`), run in a
 //! defined order and refereed (`engine`), and managed in a registry shared by
 //! every node (`registry`). This module turns products, members and carts
-//! into rule input and the results back into prices.
+//! into rule input and the results back into prices; `quoter` prices a
+//! member's cart — the one path of the `quote` query and of checkout — and
+//! `api` is the GraphQL layer over all of it.
 
 pub mod api;
 pub mod engine;
@@ -9,6 +11,7 @@ pub mod host;
 pub mod limits;
 pub mod model;
 pub mod pool;
+pub mod quoter;
 pub mod registry;
 
 use std::collections::HashMap;

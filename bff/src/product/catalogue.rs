@@ -23,7 +23,15 @@ pub struct Catalogue {
     /// `None`: the mall does not exist (cached too).
     listings: Tier<Option<Vec<Product>>>,
     flash_sales: Tier<Option<Vec<Product>>>,
+    /// Tenants whose flash sales were asked for lately: the pre-warm keeps
+    /// their sales warm too, not only the configured tenants'.
+    recent_tenants: moka::sync::Cache<TenantId, ()>,
 }
+
+/// Tenants remembered for the pre-warm, and for how long after their last
+/// flash-sale read.
+const RECENT_TENANTS: u64 = 10_000;
+const RECENT_TENANT_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Catalogue {
     /// The catalogue of `client`, cached in `caches`.
@@ -33,6 +41,10 @@ impl Catalogue {
             products: caches.tier(Kind::Product),
             listings: caches.tier(Kind::Listing),
             flash_sales: caches.tier(Kind::FlashSale),
+            recent_tenants: moka::sync::Cache::builder()
+                .max_capacity(RECENT_TENANTS)
+                .time_to_idle(RECENT_TENANT_IDLE)
+                .build(),
         }
     }
 
@@ -98,6 +110,9 @@ impl Catalogue {
         mall: &MallId,
         stale: &StaleLog,
     ) -> Result<Option<Vec<Product>>, UpstreamError> {
+        if !self.recent_tenants.contains_key(tenant) {
+            self.recent_tenants.insert(tenant.clone(), ());
+        }
         let (client, owner, key) = (self.client.clone(), tenant.clone(), mall.clone());
         self.flash_sales
             .get_one(tenant, mall.as_str(), stale, move || {
@@ -105,6 +120,16 @@ impl Catalogue {
                 async move { client.flash_sales(&tenant, &mall).await }.boxed()
             })
             .await
+    }
+
+    /// The tenants to pre-warm: `configured` and every tenant whose flash
+    /// sales were read in the last hour, each once, in a stable order.
+    pub fn prewarm_tenants(&self, configured: impl IntoIterator<Item = TenantId>) -> Vec<TenantId> {
+        let mut tenants: Vec<TenantId> = configured.into_iter().collect();
+        tenants.extend(self.recent_tenants.iter().map(|(t, ())| (*t).clone()));
+        tenants.sort();
+        tenants.dedup();
+        tenants
     }
 
     /// Loads every mall's flash-sale list and its products into both cache

@@ -404,12 +404,20 @@ impl ProductQuery {
     ) -> Result<Option<Product>> {
         let id = ProductId::parse(id.0).map_err(ApiError::from)?;
         let req = request(ctx)?;
-        Ok(req
+        // Display only, through the catalogue cache (stale-if-error
+        // included); quotes and checkout read the product service itself.
+        let mut found = req
             .loaders
+            .catalog
             .products
-            .load_one(id)
+            .products(
+                req.principal.tenant(),
+                std::slice::from_ref(&id),
+                &req.loaders.stale,
+            )
             .await
-            .map_err(ApiError::from)?)
+            .map_err(ApiError::from)?;
+        Ok(found.remove(&id))
     }
 
     /// A mall's products, in recommended order, a page at a time.

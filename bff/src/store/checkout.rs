@@ -412,6 +412,9 @@ pub struct OutboxEvent {
     pub version: u64,
     /// The checkout's record of the order after the step.
     pub body: String,
+    /// When the event was written (ms since the epoch).
+    #[serde(default)]
+    pub at_ms: i64,
 }
 
 /// The checkout's domain operations. Every method is one atomic step.
@@ -576,6 +579,13 @@ pub trait CheckoutStore: Send + Sync + fmt::Debug + 'static {
 
     /// The scope's events in order (for operators and tests).
     async fn outbox_events(&self, scope: &Scope) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Removes the scope's events written before `before_ms` (ms since the
+    /// epoch) that every consumer group has been given and has
+    /// acknowledged; an event not yet read, or read and not acknowledged,
+    /// by any group stays, and so does every later one. With no group yet,
+    /// nothing is removed. Returns how many events were removed.
+    async fn outbox_trim(&self, scope: &Scope, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Shared handle.

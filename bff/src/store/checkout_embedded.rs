@@ -1,8 +1,11 @@
-//! The checkout's domain operations on the embedded file: one redb write
-//! transaction per step (redb runs write transactions one at a time, so a
-//! step sees no interleaving and commits whole or not at all). The outbox is
-//! a table ordered by a global sequence; consumer groups keep their cursor
-//! and their pending (delivered, unacknowledged) entries in two more tables.
+//! The checkout's domain operations on the embedded file. Each step is one
+//! job of the store's writer (see [`super::writer`]): the jobs of a group
+//! run one after another in one redb write transaction, so a step sees no
+//! interleaving and commits whole or not at all, with one fsync per group.
+//! Hence every step makes all the checks that can refuse it before its
+//! first write (a refusal commits with its group). The outbox is a table
+//! ordered by a global sequence; consumer groups keep their cursor and their
+//! pending (delivered, unacknowledged) entries in two more tables.
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -27,24 +30,6 @@ const SEQ: TableDefinition<&str, u64> = TableDefinition::new("co_seq");
 const GROUPS: TableDefinition<&str, u64> = TableDefinition::new("co_groups");
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("co_pending");
 const SCOPES: TableDefinition<&str, u8> = TableDefinition::new("co_scopes");
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::from_display(e)
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
-);
 
 /// Creates the checkout's tables (so read transactions always find them).
 pub(super) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
@@ -170,6 +155,7 @@ fn append_event(
         status: status.as_str().to_owned(),
         version,
         body: body.to_owned(),
+        at_ms: now_ms(),
     };
     tx.open_table(OUTBOX)?.insert(
         in_scope(scope, &seq_key(next)).as_str(),
@@ -189,20 +175,7 @@ fn read_stock(
 }
 
 impl EmbeddedStore {
-    /// Runs `work` in one write transaction, committed if it returns `Ok`.
-    async fn write<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.run(move |db| {
-            let tx = db.begin_write()?;
-            let out = work(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-    }
-
+    /// Runs a read on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
@@ -232,11 +205,11 @@ impl CheckoutStore for EmbeddedStore {
         let scope = scope.clone();
         let key = in_scope(&scope, sku.as_str());
         self.write(move |tx| {
-            Self::note_scope(tx, &scope)?;
             let mut table = tx.open_table(STOCK)?;
             if table.get(key.as_str())?.is_some() {
                 return Ok(false);
             }
+            Self::note_scope(tx, &scope)?;
             let level = StockLevel {
                 available: initial,
                 reserved: 0,
@@ -286,7 +259,6 @@ impl CheckoutStore for EmbeddedStore {
         let scope = scope.clone();
         let order = order.clone();
         self.write(move |tx| {
-            Self::note_scope(tx, &scope)?;
             let order_key = in_scope(&scope, order.id.as_str());
             let mut orders = tx.open_table(ORDERS)?;
             if let Some(raw) = orders.get(order_key.as_str())? {
@@ -318,6 +290,7 @@ impl CheckoutStore for EmbeddedStore {
                 }
                 levels.push((key, level, bought_key, had, qty));
             }
+            Self::note_scope(tx, &scope)?;
             for (key, mut level, bought_key, had, qty) in levels {
                 level.available -= qty;
                 level.reserved += qty;
@@ -537,7 +510,7 @@ impl CheckoutStore for EmbeddedStore {
                 });
             }
             let row = IdemRow {
-                fingerprint,
+                fingerprint: fingerprint.clone(),
                 answer: None,
                 expires_ms: now + lease_ms.max(1),
             };
@@ -571,8 +544,8 @@ impl CheckoutStore for EmbeddedStore {
                 return Ok(());
             }
             let row = IdemRow {
-                fingerprint,
-                answer: Some(answer),
+                fingerprint: fingerprint.clone(),
+                answer: Some(answer.clone()),
                 expires_ms: now + ttl_ms.max(1),
             };
             table.insert(k.as_str(), serde_json::to_vec(&row)?.as_slice())?;
@@ -646,7 +619,7 @@ impl CheckoutStore for EmbeddedStore {
             }
             let mut pending = tx.open_table(PENDING)?;
             let row = serde_json::to_vec(&PendingRow {
-                consumer,
+                consumer: consumer.clone(),
                 delivered_ms: now_ms(),
             })?;
             for event in &events {
@@ -671,7 +644,7 @@ impl CheckoutStore for EmbeddedStore {
         let ids = ids.to_vec();
         self.write(move |tx| {
             let mut pending = tx.open_table(PENDING)?;
-            for id in ids {
+            for id in &ids {
                 let Ok(seq) = id.parse::<u64>() else { continue };
                 pending.remove(format!("{group_key}\u{0}{}", seq_key(seq)).as_str())?;
             }
@@ -709,7 +682,7 @@ impl CheckoutStore for EmbeddedStore {
             }
             let outbox = tx.open_table(OUTBOX)?;
             let row = serde_json::to_vec(&PendingRow {
-                consumer,
+                consumer: consumer.clone(),
                 delivered_ms: now,
             })?;
             let mut events = Vec::new();
@@ -749,6 +722,54 @@ impl CheckoutStore for EmbeddedStore {
                 events.push(event_of(seq, v.value())?);
             }
             Ok(events)
+        })
+        .await
+    }
+
+    async fn outbox_trim(&self, scope: &Scope, before_ms: i64) -> Result<u64, StoreError> {
+        let scope_k = scope_key(scope);
+        self.write(move |tx| {
+            // The first event some group still needs: its first pending
+            // one, or the one after the last it was given.
+            let groups = tx.open_table(GROUPS)?;
+            let pending = tx.open_table(PENDING)?;
+            let (start, end) = prefix_range(&scope_k);
+            let mut floor: Option<u64> = None;
+            for entry in groups.range(start.as_str()..end.as_str())? {
+                let (k, v) = entry?;
+                let mut needed = v.value() + 1;
+                let (p_start, p_end) = prefix_range(k.value());
+                if let Some(first) = pending.range(p_start.as_str()..p_end.as_str())?.next() {
+                    let (pk, _) = first?;
+                    let seq: u64 = pk
+                        .value()
+                        .rsplit('\u{0}')
+                        .next()
+                        .unwrap_or_default()
+                        .parse()
+                        .map_err(StoreError::from_display)?;
+                    needed = needed.min(seq);
+                }
+                floor = Some(floor.map_or(needed, |f| f.min(needed)));
+            }
+            let Some(floor) = floor else {
+                return Ok(0);
+            };
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut doomed = Vec::new();
+            let below = format!("{scope_k}\u{0}{}", seq_key(floor));
+            for entry in outbox.range(start.as_str()..below.as_str())? {
+                let (k, v) = entry?;
+                let event: OutboxEvent = serde_json::from_slice(v.value())?;
+                if event.at_ms >= before_ms {
+                    break;
+                }
+                doomed.push(k.value().to_owned());
+            }
+            for key in &doomed {
+                outbox.remove(key.as_str())?;
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }

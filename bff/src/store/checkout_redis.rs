@@ -155,6 +155,41 @@ return 0
 /// without persistence, a failover) has it back within this time.
 const SCOPE_NOTE_REFRESH: Duration = Duration::from_secs(60);
 
+/// KEYS: the scope's outbox stream. ARGV: cutoff (ms). Removes entries
+/// older than the cutoff that every group has read and acknowledged: the
+/// floor is the smallest of each group's first pending id and the id after
+/// its last delivered one. No group: nothing is removed. Returns how many
+/// entries were removed.
+const OUTBOX_TRIM: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(ams, aseq, bms, bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+local fms, fseq = tonumber(ARGV[1]), 0
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+for _, g in ipairs(groups) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  local ms, seq = parse(last)
+  seq = seq + 1
+  local pending = redis.call('XPENDING', KEYS[1], name)
+  if pending[1] > 0 then
+    local pms, pseq = parse(pending[2])
+    if less(pms, pseq, ms, seq) then ms, seq = pms, pseq end
+  end
+  if less(ms, seq, fms, fseq) then fms, fseq = ms, seq end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', fms, fseq))
+"#;
+
 /// The scripts, built once per store (each is sent to Redis once and then
 /// called by its SHA), and the scopes this node wrote into the scope list
 /// lately (see [`SCOPE_NOTE_REFRESH`]).
@@ -168,6 +203,7 @@ pub(super) struct Scripts {
     idem_complete: redis::Script,
     idem_abandon: redis::Script,
     noted: Arc<Mutex<HashMap<String, Instant>>>,
+    outbox_trim: redis::Script,
 }
 
 impl Scripts {
@@ -181,6 +217,7 @@ impl Scripts {
             idem_complete: redis::Script::new(IDEM_COMPLETE),
             idem_abandon: redis::Script::new(IDEM_ABANDON),
             noted: Arc::default(),
+            outbox_trim: redis::Script::new(OUTBOX_TRIM),
         }
     }
 
@@ -438,6 +475,11 @@ fn entries(v: &Value) -> Result<Vec<OutboxEvent>, StoreError> {
         else {
             continue;
         };
+        // Stream ids are `<ms>-<seq>`, the ms being Redis' clock at XADD.
+        let at_ms = id
+            .split_once('-')
+            .and_then(|(ms, _)| ms.parse().ok())
+            .unwrap_or_default();
         let mut event = OutboxEvent {
             id,
             kind: String::new(),
@@ -445,6 +487,7 @@ fn entries(v: &Value) -> Result<Vec<OutboxEvent>, StoreError> {
             status: String::new(),
             version: 0,
             body: String::new(),
+            at_ms,
         };
         for kv in fields.chunks(2) {
             let (Some(k), Some(v)) = (kv.first().and_then(text), kv.get(1).and_then(text)) else {
@@ -820,6 +863,19 @@ impl CheckoutStore for RedisStore {
             .await
             .map_err(err)?;
         entries(&answer)
+    }
+
+    async fn outbox_trim(&self, scope: &Scope, before_ms: i64) -> Result<u64, StoreError> {
+        let mut c = self.connection();
+        let removed: u64 = self
+            .scripts()
+            .outbox_trim
+            .key(self.outbox_key(scope))
+            .arg(before_ms.max(0))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(removed)
     }
 }
 

@@ -1,12 +1,16 @@
-//! The embedded backend: one redb file, events in-process.
+//! The embedded backend: one redb file, events in-process. Every write
+//! goes through the store's writer (group commit, see [`super::writer`]);
+//! reads run on the blocking pool in read transactions of their own,
+//! concurrently with the writer.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::broadcast;
 
+use super::writer::Writer;
 use super::{Event, Store, StoreError};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -29,6 +33,9 @@ fn now_millis() -> u64 {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// The one writer of the file (dropped with the last handle, which
+    /// closes the file).
+    writer: Arc<Writer>,
     events: broadcast::Sender<Event>,
     expiring_writes: Arc<std::sync::atomic::AtomicU64>,
     /// Rate limiters by scope and key; one node, so in-process. Idle ones
@@ -56,9 +63,11 @@ impl EmbeddedStore {
         tx.open_table(EXPIRING).map_err(StoreError::from_display)?;
         super::checkout_embedded::create_tables(&tx).map_err(StoreError::from_display)?;
         tx.commit().map_err(StoreError::from_display)?;
+        let db = Arc::new(db);
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
-            db: Arc::new(db),
+            writer: Arc::new(Writer::start(db.clone())?),
+            db,
             events,
             expiring_writes: Arc::default(),
             rates: moka::sync::Cache::builder()
@@ -73,6 +82,25 @@ impl EmbeddedStore {
         self.db.clone()
     }
 
+    /// Runs `work` in a write transaction shared with the other writes
+    /// waiting now (group commit); answers once it is durably committed.
+    /// `work` may run more than once and must make every check that can
+    /// refuse before its first write (see [`super::writer`]).
+    pub(super) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write(work).await
+    }
+
+    /// The writer, for tests of the group semantics.
+    #[cfg(test)]
+    pub(super) fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Runs a read on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
@@ -124,37 +152,22 @@ impl Store for EmbeddedStore {
         let key = full_key(space, key);
         let expected = expected.map(<[u8]>::to_vec);
         let value = value.to_vec();
-        self.blocking(move |db| {
-            let tx = db.begin_write()?;
-            let swapped = {
-                let mut table = tx.open_table(KV)?;
-                let current = table.get(key.as_str())?.map(|v| v.value().to_vec());
-                if current == expected {
-                    table.insert(key.as_str(), value.as_slice())?;
-                    true
-                } else {
-                    false
-                }
-            };
-            if swapped {
-                tx.commit()?;
-            } else {
-                tx.abort()?;
+        self.write(move |tx| {
+            let mut table = tx.open_table(KV)?;
+            let current = table.get(key.as_str())?.map(|v| v.value().to_vec());
+            if current != expected {
+                return Ok(false);
             }
-            Ok(swapped)
+            table.insert(key.as_str(), value.as_slice())?;
+            Ok(true)
         })
         .await
     }
 
     async fn delete(&self, space: &str, key: &str) -> Result<bool, StoreError> {
         let key = full_key(space, key);
-        self.blocking(move |db| {
-            let tx = db.begin_write()?;
-            let existed = tx.open_table(KV)?.remove(key.as_str())?.is_some();
-            tx.commit()?;
-            Ok(existed)
-        })
-        .await
+        self.write(move |tx| Ok(tx.open_table(KV)?.remove(key.as_str())?.is_some()))
+            .await
     }
 
     async fn get_expiring(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -191,19 +204,15 @@ impl Store for EmbeddedStore {
             .expiring_writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .is_multiple_of(PURGE_EVERY);
-        self.blocking(move |db| {
-            let tx = db.begin_write()?;
-            {
-                let mut table = tx.open_table(EXPIRING)?;
-                table.insert(key.as_str(), entry.as_slice())?;
-                if purge {
-                    table.retain(|_, v| {
-                        v.split_first_chunk::<8>()
-                            .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
-                    })?;
-                }
+        self.write(move |tx| {
+            let mut table = tx.open_table(EXPIRING)?;
+            table.insert(key.as_str(), entry.as_slice())?;
+            if purge {
+                table.retain(|_, v| {
+                    v.split_first_chunk::<8>()
+                        .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
+                })?;
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -222,22 +231,18 @@ impl Store for EmbeddedStore {
         let mut entry = Vec::with_capacity(8 + value.len());
         entry.extend_from_slice(&expiry.to_be_bytes());
         entry.extend_from_slice(value);
-        self.blocking(move |db| {
-            let tx = db.begin_write()?;
-            let written = {
-                let mut table = tx.open_table(EXPIRING)?;
-                let live = table.get(key.as_str())?.is_some_and(|v| {
-                    v.value()
-                        .split_first_chunk::<8>()
-                        .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
-                });
-                if !live {
-                    table.insert(key.as_str(), entry.as_slice())?;
-                }
-                !live
-            };
-            tx.commit()?;
-            Ok(written)
+        self.write(move |tx| {
+            let mut table = tx.open_table(EXPIRING)?;
+            let live = table.get(key.as_str())?.is_some_and(|v| {
+                v.value()
+                    .split_first_chunk::<8>()
+                    .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
+            });
+            if live {
+                return Ok(false);
+            }
+            table.insert(key.as_str(), entry.as_slice())?;
+            Ok(true)
         })
         .await
     }
@@ -245,18 +250,15 @@ impl Store for EmbeddedStore {
     async fn delete_expiring(&self, space: &str, key: &str) -> Result<bool, StoreError> {
         let key = full_key(space, key);
         let now = now_millis();
-        self.blocking(move |db| {
-            let tx = db.begin_write()?;
-            let existed = tx
+        self.write(move |tx| {
+            Ok(tx
                 .open_table(EXPIRING)?
                 .remove(key.as_str())?
                 .is_some_and(|v| {
                     v.value()
                         .split_first_chunk::<8>()
                         .is_some_and(|(e, _)| u64::from_be_bytes(*e) > now)
-                });
-            tx.commit()?;
-            Ok(existed)
+                }))
         })
         .await
     }
@@ -269,6 +271,7 @@ impl Store for EmbeddedStore {
         &self,
         scope: &str,
         limits: &[super::RateKey],
+        cost: u32,
     ) -> Result<Option<std::time::Duration>, StoreError> {
         use governor::clock::Clock;
         let clock = governor::clock::DefaultClock::default();
@@ -288,8 +291,16 @@ impl Store for EmbeddedStore {
                 limiter = Arc::new((quota, governor::RateLimiter::direct(quota)));
                 self.rates.insert(name, limiter.clone());
             }
-            if let Err(not_until) = limiter.1.check() {
-                return Ok(Some(not_until.wait_time_from(clock.now())));
+            // At most the burst counts: a larger batch waits for a full
+            // bucket, never for ever.
+            let n = std::num::NonZeroU32::new(cost.clamp(1, limit.burst.max(1)))
+                .unwrap_or(std::num::NonZeroU32::MIN);
+            match limiter.1.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => return Ok(Some(not_until.wait_time_from(clock.now()))),
+                // Cannot happen (n is at most the burst); refuse for one
+                // interval rather than admit.
+                Err(_) => return Ok(Some(limit.interval)),
             }
         }
         Ok(None)

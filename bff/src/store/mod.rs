@@ -10,13 +10,19 @@
 //! The checkout has its own domain operations ([`checkout::CheckoutStore`]:
 //! stock, orders, idempotency, the due index, the outbox), implemented by
 //! the same two backends, each operation one atomic step.
+//!
+//! The embedded file has one writer (`writer`): concurrent writes are
+//! committed in groups, one durable commit (one fsync) per group.
 
 pub mod checkout;
 mod checkout_embedded;
 mod checkout_redis;
 mod embedded;
+#[cfg(test)]
+mod group_commit_tests;
 mod redis;
 mod redis_connection;
+mod writer;
 
 use std::sync::Arc;
 
@@ -102,15 +108,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes an expiring value. Returns whether it existed (unexpired).
     async fn delete_expiring(&self, space: &str, key: &str) -> Result<bool, StoreError>;
 
-    /// Admits one request against every rate of `limits` at once (generic
-    /// cell rate algorithm, all or nothing: a refused request consumes no
-    /// rate). `Ok(None)`: admitted; `Ok(Some(wait))`: refused, retry after
-    /// `wait`. Every key of one call belongs to one tenant (`scope`), so
-    /// they live together (one cluster slot).
+    /// Admits a request that costs `cost` (its operations; at most a
+    /// rate's burst counts against that rate) against every rate of
+    /// `limits` at once (generic cell rate algorithm, all or nothing: a
+    /// refused request consumes no rate). `Ok(None)`: admitted;
+    /// `Ok(Some(wait))`: refused, retry after `wait`. Every key of one call
+    /// belongs to one tenant (`scope`), so they live together (one cluster
+    /// slot).
     async fn admit(
         &self,
         scope: &str,
         limits: &[RateKey],
+        cost: u32,
     ) -> Result<Option<std::time::Duration>, StoreError>;
 
     /// Publishes an event to every node (this one included).

@@ -48,18 +48,21 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Generic cell rate algorithm over several keys at once: each key holds
 /// its theoretical arrival time (µs, Redis' clock). The request is admitted
 /// only if every key admits it, and only then are they all advanced.
-/// Returns 0, or the µs to wait. ARGV: interval µs and burst per key.
+/// Returns 0, or the µs to wait. ARGV: the request's cost (operations; at
+/// most a key's burst counts), then interval µs and burst per key.
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[1])
 local tats = {}
 local wait = 0
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = interval * tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tolerance = interval * burst
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
-  local new_tat = tat + interval
+  local new_tat = tat + interval * math.min(cost, burst)
   local allow_at = new_tat - tolerance
   if allow_at > now and allow_at - now > wait then wait = allow_at - now end
   tats[i] = new_tat
@@ -416,11 +419,13 @@ impl Store for RedisStore {
         &self,
         scope: &str,
         limits: &[super::RateKey],
+        cost: u32,
     ) -> Result<Option<Duration>, StoreError> {
         if limits.is_empty() {
             return Ok(None);
         }
         let mut invocation = self.admit.prepare_invoke();
+        invocation.arg(cost.max(1));
         for limit in limits {
             // One hash tag per scope: the keys of one call share a slot
             // (braces from configuration would change the tag).

@@ -135,6 +135,31 @@ async fn on_the_embedded_store_a_members_rate_holds_in_process() {
 }
 
 #[tokio::test]
+async fn a_batch_costs_one_request_per_operation() {
+    let app = spawn_app_with(slow_member_rate).await;
+    let token = app.token("member-1");
+    let batch = |n: usize| {
+        app.http
+            .post(format!("{}/graphql", app.url))
+            .bearer_auth(&token)
+            .json(&vec![json!({ "query": CHEAP }); n])
+            .send()
+    };
+
+    // Seven operations in one batch, then three more: the burst of ten is
+    // spent, so a single request is refused.
+    let resp = batch(7).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body.as_array().map(Vec::len), Some(7), "{body}");
+    let resp = batch(4).await.unwrap();
+    assert_eq!(resp.status(), 429, "4 operations exceed the 3 left");
+    let resp = batch(3).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!admitted_now(&app, Some(&token)).await);
+}
+
+#[tokio::test]
 async fn a_full_node_sheds_requests_with_503_and_still_answers_its_probes() {
     let app = spawn_app_with(|s| s.admission.max_concurrent = 2).await;
     // Cards wait on a slow mall service and hold their slots.

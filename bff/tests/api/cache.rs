@@ -285,3 +285,75 @@ async fn flash_sales_are_pre_warmed_before_any_card_asks_for_them() {
     assert_eq!(b.calls("product", "flash_sales.list"), 0);
     assert!(b.state.metrics().cache_lookups("flash_sale", "l2", "hit") >= 1);
 }
+
+#[tokio::test]
+async fn every_configured_tenant_and_every_tenant_seen_lately_is_pre_warmed() {
+    use bff::domain::TenantId;
+    let beta = TenantId::parse("beta").unwrap();
+    let app = spawn_app_with(|s| {
+        s.demo.extra_tenants = vec![TenantId::parse("beta").unwrap()];
+        s.cache.prewarm_interval_secs = 3_600;
+    })
+    .await;
+    // Three malls for each of the two tenants, once at start.
+    let mut waited = Duration::ZERO;
+    while app.calls("product", "flash_sales.list") < 6 && waited < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert_eq!(app.calls("product", "flash_sales.list"), 6);
+
+    // Beta's card finds its flash sales warm.
+    let token = app.token_for("beta", "member-1", Role::Member);
+    let (_, body) = app.query(CARD, Some(&token)).await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    assert!(
+        !body["data"]["homeCard"]["flashSale"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{body}"
+    );
+    assert_eq!(app.calls("product", "flash_sales.list"), 6);
+    // A tenant whose members browse flash sales is remembered for the next
+    // round even when the configuration does not name it.
+    let products = &app.state.catalog().products;
+    assert_eq!(products.prewarm_tenants([]), vec![beta.clone()]);
+    let (_, body) = app.query(CARD, None).await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    let demo = TenantId::parse("demo").unwrap();
+    assert_eq!(products.prewarm_tenants([demo.clone()]), vec![beta, demo]);
+}
+
+#[tokio::test]
+async fn a_product_page_is_cached_shared_by_nodes_and_served_stale_when_the_service_fails() {
+    const PAGE: &str = r#"{ product(id: "sku-flash-1") { id name listPrice { amount } } }"#;
+    let redis = on_redis("product-page");
+    let app = spawn_app_with(|s| {
+        redis(s);
+        s.cache.product_ttl_secs = 1;
+        s.cache.stale_secs = 600;
+    })
+    .await;
+    let (_, first) = app.query(PAGE, None).await;
+    assert_eq!(first["errors"], Value::Null, "{first}");
+    assert_eq!(first["data"]["product"]["id"], "sku-flash-1");
+    let (_, again) = app.query(PAGE, None).await;
+    assert_eq!(again, first);
+    assert_eq!(app.calls("product", "products.batch"), 1);
+    // A second node finds it in the shared level.
+    let b = spawn_second_node(&app, |_| {}).await;
+    let (_, there) = b.query(PAGE, None).await;
+    assert_eq!(there, first);
+    assert_eq!(b.calls("product", "products.batch"), 0);
+
+    // Expired, with the product service down: served stale, marked so.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    app.product.set_faults(down());
+    let (_, stale) = app.query(PAGE, None).await;
+    assert_eq!(stale["data"], first["data"], "{stale}");
+    assert!(
+        stale_kinds(&stale).contains(&("product".into(), "sku-flash-1".into())),
+        "{stale}"
+    );
+}

@@ -1123,6 +1123,20 @@ async fn every_transition_has_one_event_and_the_order_service_sees_each_once() {
     );
     assert_eq!(h.orders.book.applied(), 8);
     assert_eq!(h.orders.book.deliveries(), 9);
+    // Relays keep delivered events for their retention (a day by default):
+    // all eight are still there; with none, a pass removes them.
+    assert_eq!(h.store.outbox_events(&scope()).await.unwrap().len(), 8);
+    let tidy = Relay::new(
+        h.store.clone(),
+        h.order_client.clone(),
+        "node-c",
+        Duration::from_secs(60),
+    )
+    .retaining(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(tidy.pass().await.unwrap().delivered, 0);
+    assert!(h.store.outbox_events(&scope()).await.unwrap().is_empty());
+    assert_eq!(h.orders.book.applied(), 8);
 }
 
 #[tokio::test]

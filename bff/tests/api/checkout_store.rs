@@ -404,6 +404,97 @@ async fn every_step_writes_exactly_one_event(store: SharedCheckoutStore) {
     );
 }
 
+async fn only_acknowledged_old_events_are_trimmed(store: SharedCheckoutStore) {
+    let s = scope();
+    let started = chrono::Utc::now().timestamp_millis();
+    store.define_stock(&s, &sku("a"), 10, 0).await.unwrap();
+    store
+        .create_order(&s, &new_order(1, 1, &[("a", 1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    for (from, version, to, stock) in [
+        (
+            OrderStatus::Reserved,
+            2,
+            OrderStatus::AwaitingPayment,
+            StockEffect::None,
+        ),
+        (
+            OrderStatus::AwaitingPayment,
+            3,
+            OrderStatus::Expired,
+            StockEffect::Release,
+        ),
+    ] {
+        store
+            .apply(&s, &order_id(1), &step(from, version, to, stock))
+            .await
+            .unwrap();
+    }
+    let all = store.outbox_events(&s).await.unwrap();
+    assert_eq!(all.len(), 4);
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(
+        all.iter()
+            .all(|e| e.at_ms >= started - 1_000 && e.at_ms <= now + 1_000),
+        "{all:?}"
+    );
+    let ids = |events: &[bff::store::checkout::OutboxEvent]| -> Vec<String> {
+        events.iter().map(|e| e.id.clone()).collect()
+    };
+    let later = now + 3_600_000;
+
+    // No consumer yet: nothing goes, however old.
+    assert_eq!(store.outbox_trim(&s, later).await.unwrap(), 0);
+    // One group has everything; the other has acknowledged the first event
+    // and holds the second unacknowledged: only the first may go.
+    let audit = store.outbox_read(&s, "audit", "a1", 10).await.unwrap();
+    store.outbox_ack(&s, "audit", &ids(&audit)).await.unwrap();
+    let read = store.outbox_read(&s, "orders", "c1", 2).await.unwrap();
+    store
+        .outbox_ack(&s, "orders", &[read[0].id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_trim(&s, later).await.unwrap(), 1);
+    assert_eq!(ids(&store.outbox_events(&s).await.unwrap()), ids(&all[1..]));
+    // Too recent for the cutoff: nothing goes.
+    store
+        .outbox_ack(&s, "orders", &[read[1].id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_trim(&s, started - 60_000).await.unwrap(), 0);
+    // Acknowledged up to the second; the third and fourth were never read
+    // by the group: they stay.
+    assert_eq!(store.outbox_trim(&s, later).await.unwrap(), 1);
+    assert_eq!(ids(&store.outbox_events(&s).await.unwrap()), ids(&all[2..]));
+    // Read and not acknowledged: they stay; acknowledged: they go.
+    let rest = store.outbox_read(&s, "orders", "c1", 10).await.unwrap();
+    assert_eq!(ids(&rest), ids(&all[2..]));
+    assert_eq!(store.outbox_trim(&s, later).await.unwrap(), 0);
+    store.outbox_ack(&s, "orders", &ids(&rest)).await.unwrap();
+    assert_eq!(store.outbox_trim(&s, later).await.unwrap(), 2);
+    assert!(store.outbox_events(&s).await.unwrap().is_empty());
+
+    // New events after a trim reach the groups as before.
+    store
+        .create_order(&s, &new_order(2, 2, &[("a", 1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    let fresh = store.outbox_read(&s, "orders", "c1", 10).await.unwrap();
+    assert_eq!(fresh.len(), 2, "{fresh:?}");
+    assert!(fresh.iter().all(|e| e.order == order_id(2).to_string()));
+    assert_eq!(
+        store
+            .outbox_read(&s, "audit", "a1", 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 async fn due_orders_are_claimed_by_one_sweeper_at_a_time(store: SharedCheckoutStore) {
     let s = scope();
     for n in 1..=3 {
@@ -851,5 +942,67 @@ async fn on_redis_a_finished_order_expires_after_its_retention_and_an_open_one_n
     assert!(
         left > (retention.as_millis() as i64) / 2,
         "the retention is the configured one: {left} ms"
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_checkout_store_trims_only_acknowledged_old_events() {
+    let (store, _dir) = embedded().await;
+    only_acknowledged_old_events_are_trimmed(store).await;
+}
+
+#[tokio::test]
+async fn the_redis_checkout_store_trims_only_acknowledged_old_events() {
+    only_acknowledged_old_events_are_trimmed(redis("co-trim").await).await;
+}
+
+#[tokio::test]
+async fn the_cluster_checkout_store_trims_only_acknowledged_old_events() {
+    only_acknowledged_old_events_are_trimmed(cluster("co-trim").await).await;
+}
+
+#[tokio::test]
+async fn events_tail_prints_each_event_once_across_a_trim() {
+    let (store, _dir) = embedded().await;
+    let s = scope();
+    store.define_stock(&s, &sku("a"), 10, 0).await.unwrap();
+    let mut seen = std::collections::HashMap::new();
+    let mut lines = Vec::new();
+    store
+        .create_order(&s, &new_order(1, 1, &[("a", 1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    let printed = bff::outbox::print_new_events(&store, &mut seen, |l| lines.push(l.to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(printed, 2);
+    // The order service takes and acknowledges both; they are trimmed.
+    let read = store.outbox_read(&s, "orders", "c1", 10).await.unwrap();
+    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
+    store.outbox_ack(&s, "orders", &ids).await.unwrap();
+    let later = chrono::Utc::now().timestamp_millis() + 60_000;
+    assert_eq!(store.outbox_trim(&s, later).await.unwrap(), 2);
+    store
+        .create_order(&s, &new_order(2, 2, &[("a", 1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    let printed = bff::outbox::print_new_events(&store, &mut seen, |l| lines.push(l.to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(printed, 2, "{lines:?}");
+    let orders: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["order"].to_string())
+        .collect();
+    assert_eq!(orders[..2], [orders[0].clone(), orders[0].clone()]);
+    assert_ne!(orders[2], orders[0]);
+    assert_eq!(orders[2], orders[3]);
+    assert_eq!(
+        bff::outbox::print_new_events(&store, &mut seen, |_| {})
+            .await
+            .unwrap(),
+        0
     );
 }

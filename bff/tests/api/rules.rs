@@ -1004,49 +1004,54 @@ async fn rules_in_one_stacking_group_never_stack_and_others_do() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_keeps_the_rule_versions_it_started_with() {
-    use bff::domain::{MallId, MemberId, Money, ProductId, StoreId, TenantId};
+    use async_graphql::ID;
+    use bff::auth::Principal;
+    use bff::domain::{MemberId, TenantId};
+    use bff::graphql::{Loaders, RequestContext};
+    use bff::pricing::api::{CartInput, CartItemInput, quote};
     use bff::pricing::model::Channel;
 
     let app = spawn_app().await;
-    let tenant = TenantId::parse("demo").unwrap();
-    let product = bff::product::Product {
-        id: ProductId::parse("sku-x").unwrap(),
-        name: "X".into(),
-        mall_id: MallId::parse("mall-1").unwrap(),
-        store_id: StoreId::parse("store-1").unwrap(),
-        category: "food".into(),
-        tags: vec![],
-        list_price: Money::from_minor(10_000).unwrap(),
-        stock: 1,
-        flash_sale: None,
+    let product = plain_products(&app).await.remove(0);
+    let id = product["id"].as_str().unwrap().to_owned();
+    let list = product["listPrice"]["amount"].as_i64().unwrap();
+    // A gold member's request, as the HTTP handler builds it: its own
+    // loaders and price book (which holds the rule snapshot).
+    let request = || {
+        let principal = Principal::Member {
+            tenant: TenantId::parse("demo").unwrap(),
+            member: MemberId::parse("member-1").unwrap(),
+        };
+        RequestContext {
+            loaders: Loaders::new(app.state.upstreams_arc(), &principal, Duration::ZERO),
+            principal,
+            upstreams: app.state.upstreams_arc().clone(),
+            pricing: app.state.pricing().clone(),
+            channel: Channel::App,
+            prices: bff::product::PriceBook::default(),
+            idempotency_key: None,
+            checkout: None,
+        }
     };
-    let member = bff::member::Member {
-        id: MemberId::parse("member-1").unwrap(),
-        nickname: "m".into(),
-        level: "GOLD".into(),
-        points: 0,
-        wallet: Money::ZERO,
-        tags: vec![],
+    let line_payable = async |req: &RequestContext| {
+        let cart = CartInput {
+            mall_id: ID("mall-1".into()),
+            store_id: None,
+            items: Some(vec![CartItemInput {
+                product_id: ID(id.clone()),
+                quantity: 1,
+            }]),
+            bill_amount: None,
+            coupon_ids: None,
+            points_to_use: None,
+            channel: None,
+        };
+        quote(req, cart).await.unwrap().lines[0].payable.minor()
     };
-    let price = async |snapshot: &[bff::pricing::engine::ActiveRule]| {
-        app.state
-            .pricing()
-            .price_catalog(
-                snapshot,
-                &tenant,
-                "mall-1",
-                Channel::App,
-                Some(&member),
-                &[&product],
-            )
-            .await
-            .unwrap()
-            .lines["sku-x"]
-            .payable
-    };
+    let member_price = list - list * 500 / 10000;
     // A request takes its snapshot when it starts pricing...
-    let in_flight = app.state.pricing().snapshot(&tenant);
-    assert_eq!(price(&in_flight).await, 9_500);
+    let in_flight = request();
+    assert_eq!(line_payable(&in_flight).await, member_price);
     // ...the rule is deactivated meanwhile...
     let (_, body) = app
         .query(
@@ -1055,10 +1060,10 @@ async fn a_request_keeps_the_rule_versions_it_started_with() {
         )
         .await;
     assert_eq!(body["data"]["deactivateRule"]["status"], "INACTIVE");
-    // ...and it still finishes on the version it started with, while new
+    // ...and it still prices with the versions it started with, while new
     // requests see the change.
-    assert_eq!(price(&in_flight).await, 9_500);
-    assert_eq!(price(&app.state.pricing().snapshot(&tenant)).await, 10_000);
+    assert_eq!(line_payable(&in_flight).await, member_price);
+    assert_eq!(line_payable(&request()).await, list);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -152,34 +152,64 @@ pub(crate) async fn conformance(store: SharedStore) {
     };
     for _ in 0..3 {
         assert_eq!(
-            store.admit("t1", &[rate("member:a", 3)]).await.unwrap(),
+            store.admit("t1", &[rate("member:a", 3)], 1).await.unwrap(),
             None
         );
     }
-    let wait = store.admit("t1", &[rate("member:a", 3)]).await.unwrap();
+    let wait = store.admit("t1", &[rate("member:a", 3)], 1).await.unwrap();
     let wait = wait.expect("the fourth request of a burst of 3 is refused");
     assert!(
         wait > Duration::from_secs(30) && wait <= Duration::from_secs(60),
         "{wait:?}"
     );
     assert_eq!(
-        store.admit("t1", &[rate("member:b", 3)]).await.unwrap(),
+        store.admit("t1", &[rate("member:b", 3)], 1).await.unwrap(),
         None
     );
     assert_eq!(
-        store.admit("t2", &[rate("member:a", 3)]).await.unwrap(),
+        store.admit("t2", &[rate("member:a", 3)], 1).await.unwrap(),
         None
     );
     assert_eq!(
         store
-            .admit("t3", &[rate("member:a", 5), rate("tenant", 1)])
+            .admit("t3", &[rate("member:a", 5), rate("tenant", 1)], 1)
             .await
             .unwrap(),
         None
     );
     assert!(
         store
-            .admit("t3", &[rate("member:b", 5), rate("tenant", 1)])
+            .admit("t3", &[rate("member:b", 5), rate("tenant", 1)], 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A request of several operations costs as many; more than the burst
+    // costs the burst (it waits for a full bucket, not for ever).
+    assert_eq!(
+        store.admit("t4", &[rate("member:a", 3)], 2).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .admit("t4", &[rate("member:a", 3)], 2)
+            .await
+            .unwrap()
+            .is_some(),
+        "2 + 2 operations exceed a burst of 3"
+    );
+    assert_eq!(
+        store.admit("t4", &[rate("member:a", 3)], 1).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.admit("t5", &[rate("member:a", 3)], 50).await.unwrap(),
+        None,
+        "a batch above the burst is admitted by a full bucket"
+    );
+    assert!(
+        store
+            .admit("t5", &[rate("member:a", 3)], 1)
             .await
             .unwrap()
             .is_some()
