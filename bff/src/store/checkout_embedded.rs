@@ -193,6 +193,94 @@ impl EmbeddedStore {
     }
 }
 
+/// Creates `order` inside `tx` (every check before the first write), as
+/// `RESERVED`, or, with `pay_by_ms`, moved on at once to
+/// `AWAITING_PAYMENT` due then (three events instead of two).
+fn create_in(
+    tx: &WriteTransaction,
+    scope: &Scope,
+    order: &NewOrder,
+    pay_by_ms: Option<i64>,
+) -> Result<Result<StoredOrder, CreateRefusal>, StoreError> {
+    let awaiting = pay_by_ms.is_some();
+    let order_key = in_scope(scope, order.id.as_str());
+    let mut orders = tx.open_table(ORDERS)?;
+    if let Some(raw) = orders.get(order_key.as_str())? {
+        let row: OrderRow = serde_json::from_slice(raw.value())?;
+        return Ok(Err(CreateRefusal::Exists(Box::new(
+            row.into_stored(&order.id),
+        ))));
+    }
+    let mut stock = tx.open_table(STOCK)?;
+    let mut bought = tx.open_table(BOUGHT)?;
+    // Checks first, for every line; then the writes.
+    let mut levels = Vec::with_capacity(order.lines.len());
+    for line in &order.lines {
+        let key = in_scope(scope, line.sku.as_str());
+        let Some(level) = read_stock(&stock, &key)? else {
+            return Ok(Err(CreateRefusal::UnknownSku(line.sku.clone())));
+        };
+        let qty = u64::from(line.quantity);
+        if level.available < qty {
+            return Ok(Err(CreateRefusal::SoldOut(line.sku.clone())));
+        }
+        let bought_key = in_scope(scope, &format!("{}\u{0}{}", line.sku, order.member));
+        let had = bought
+            .get(bought_key.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        if level.per_member_limit > 0 && had + qty > u64::from(level.per_member_limit) {
+            return Ok(Err(CreateRefusal::LimitExceeded(line.sku.clone())));
+        }
+        levels.push((key, level, bought_key, had, qty));
+    }
+    EmbeddedStore::note_scope(tx, scope)?;
+    for (key, mut level, bought_key, had, qty) in levels {
+        level.available -= qty;
+        level.reserved += qty;
+        stock.insert(key.as_str(), serde_json::to_vec(&level)?.as_slice())?;
+        bought.insert(bought_key.as_str(), had + qty)?;
+    }
+    let row = OrderRow {
+        member: order.member.clone(),
+        status: if awaiting {
+            OrderStatus::AwaitingPayment
+        } else {
+            OrderStatus::Reserved
+        },
+        version: if awaiting { 3 } else { 2 },
+        lines: order.lines.clone(),
+        reservation: if order.lines.is_empty() {
+            Reservation::None
+        } else {
+            Reservation::Held
+        },
+        body: order.body.clone(),
+        payments: Vec::new(),
+    };
+    orders.insert(order_key.as_str(), serde_json::to_vec(&row)?.as_slice())?;
+    tx.open_table(DUE)?
+        .insert(order_key.as_str(), pay_by_ms.unwrap_or(order.due_at_ms))?;
+    let steps = [
+        (OrderStatus::Created, 1),
+        (OrderStatus::Reserved, 2),
+        (OrderStatus::AwaitingPayment, 3),
+    ];
+    for (status, version) in &steps[..if awaiting { 3 } else { 2 }] {
+        let (status, version) = (*status, *version);
+        append_event(
+            tx,
+            scope,
+            &status.event_kind(),
+            &order.id,
+            status,
+            version,
+            &order.body,
+        )?;
+    }
+    Ok(Ok(row.into_stored(&order.id)))
+}
+
 #[async_trait]
 impl CheckoutStore for EmbeddedStore {
     async fn define_stock(
@@ -258,75 +346,22 @@ impl CheckoutStore for EmbeddedStore {
         check_lines(&order.lines)?;
         let scope = scope.clone();
         let order = order.clone();
-        self.write(move |tx| {
-            let order_key = in_scope(&scope, order.id.as_str());
-            let mut orders = tx.open_table(ORDERS)?;
-            if let Some(raw) = orders.get(order_key.as_str())? {
-                let row: OrderRow = serde_json::from_slice(raw.value())?;
-                return Ok(Err(CreateRefusal::Exists(Box::new(
-                    row.into_stored(&order.id),
-                ))));
-            }
-            let mut stock = tx.open_table(STOCK)?;
-            let mut bought = tx.open_table(BOUGHT)?;
-            // Checks first, for every line; then the writes.
-            let mut levels = Vec::with_capacity(order.lines.len());
-            for line in &order.lines {
-                let key = in_scope(&scope, line.sku.as_str());
-                let Some(level) = read_stock(&stock, &key)? else {
-                    return Ok(Err(CreateRefusal::UnknownSku(line.sku.clone())));
-                };
-                let qty = u64::from(line.quantity);
-                if level.available < qty {
-                    return Ok(Err(CreateRefusal::SoldOut(line.sku.clone())));
-                }
-                let bought_key = in_scope(&scope, &format!("{}\u{0}{}", line.sku, order.member));
-                let had = bought
-                    .get(bought_key.as_str())?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                if level.per_member_limit > 0 && had + qty > u64::from(level.per_member_limit) {
-                    return Ok(Err(CreateRefusal::LimitExceeded(line.sku.clone())));
-                }
-                levels.push((key, level, bought_key, had, qty));
-            }
-            Self::note_scope(tx, &scope)?;
-            for (key, mut level, bought_key, had, qty) in levels {
-                level.available -= qty;
-                level.reserved += qty;
-                stock.insert(key.as_str(), serde_json::to_vec(&level)?.as_slice())?;
-                bought.insert(bought_key.as_str(), had + qty)?;
-            }
-            let row = OrderRow {
-                member: order.member.clone(),
-                status: OrderStatus::Reserved,
-                version: 2,
-                lines: order.lines.clone(),
-                reservation: if order.lines.is_empty() {
-                    Reservation::None
-                } else {
-                    Reservation::Held
-                },
-                body: order.body.clone(),
-                payments: Vec::new(),
-            };
-            orders.insert(order_key.as_str(), serde_json::to_vec(&row)?.as_slice())?;
-            tx.open_table(DUE)?
-                .insert(order_key.as_str(), order.due_at_ms)?;
-            for (status, version) in [(OrderStatus::Created, 1), (OrderStatus::Reserved, 2)] {
-                append_event(
-                    tx,
-                    &scope,
-                    &status.event_kind(),
-                    &order.id,
-                    status,
-                    version,
-                    &order.body,
-                )?;
-            }
-            Ok(Ok(row.into_stored(&order.id)))
-        })
-        .await
+        self.write(move |tx| create_in(tx, &scope, &order, None))
+            .await
+    }
+
+    /// Both steps in one write (one commit of the group).
+    async fn create_awaiting_payment(
+        &self,
+        scope: &Scope,
+        order: &NewOrder,
+        pay_by_ms: i64,
+    ) -> Result<Result<StoredOrder, CreateRefusal>, StoreError> {
+        check_lines(&order.lines)?;
+        let scope = scope.clone();
+        let order = order.clone();
+        self.write(move |tx| create_in(tx, &scope, &order, Some(pay_by_ms)))
+            .await
     }
 
     async fn order(&self, scope: &Scope, id: &OrderId) -> Result<Option<StoredOrder>, StoreError> {
