@@ -3,14 +3,24 @@
 //! instantiation, dry runs), so that no rule ever runs on the async
 //! workers that serve requests.
 //!
-//! Work waits in one queue per tenant; idle threads take work from the
-//! tenants in turn (round robin), and a tenant never runs more than its
-//! share of the threads at once, so a burst from one tenant cannot take
-//! every thread (and with it every pooled instance: a thread runs one
-//! instance at a time). Administrative work (uploads, config checks, dry
-//! runs) has smaller limits of its own. The queues are bounded: work that
-//! does not fit, or that waits longer than allowed, is refused with
-//! [`PoolError::Busy`] — the host's failure, never a rule's.
+//! Work waits in one queue per tenant. An idle thread takes the next job of
+//! the tenant that used the least of the pool's CPU time recently (tenants
+//! in turn when equal: fair queuing by CPU time, not by job count), and a
+//! tenant never runs more than its share of the threads at once, so a
+//! burst from one tenant cannot take every thread (and with it every
+//! pooled instance: a thread runs one instance at a time). Administrative
+//! work (uploads, config checks, dry runs) has smaller limits of its own.
+//! The queues are bounded: work that does not fit, or that waits longer
+//! than allowed, is refused with [`PoolError::Busy`] — the host's failure,
+//! never a rule's.
+//!
+//! The threads run at a lower OS scheduling priority than the threads that
+//! serve requests (a higher nice value, Linux), and a tenant that used more
+//! than its fair share of the pool's CPU time recently runs at the lowest
+//! priority: when the CPUs are short, a tenant's spinning rules slow its own
+//! work, not the node's other requests nor other tenants' prices. Rule
+//! deadlines count the rule's own CPU time, so running at a low priority
+//! never makes a rule fail its deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +47,13 @@ pub struct PoolConfig {
     pub tenant_queue_limit: usize,
     /// Longest a job may wait before it is refused.
     pub max_wait: Duration,
+    /// Nice value of the threads (Linux; 0 to 19): above the request
+    /// threads' 0, so rule work takes only the CPU that serving requests
+    /// leaves.
+    pub nice: i32,
+    /// Nice value while running the work of a tenant that used more than
+    /// its fair share of the pool's CPU time recently.
+    pub nice_over_share: i32,
 }
 
 impl PoolConfig {
@@ -53,6 +70,8 @@ impl PoolConfig {
             queue_limit: 512,
             tenant_queue_limit: 128,
             max_wait: Duration::from_secs(2),
+            nice: 0,
+            nice_over_share: 19,
         }
     }
 }
@@ -76,6 +95,8 @@ impl PoolConfig {
         config.queue_limit = rules.queue_limit.max(1);
         config.tenant_queue_limit = rules.tenant_queue_limit.max(1);
         config.max_wait = Duration::from_millis(rules.queue_wait_ms);
+        config.nice = rules.pool_nice;
+        config.nice_over_share = rules.pool_nice_over_share.max(rules.pool_nice);
         config
     }
 }
@@ -136,13 +157,142 @@ impl Lane {
     }
 }
 
+/// How far back CPU time counts: a tenant's use halves every second.
+const USAGE_HALF_LIFE: Duration = Duration::from_secs(1);
+
+/// Pool CPU time a tenant used recently, decaying.
+#[derive(Clone, Copy)]
+struct Usage {
+    seconds: f64,
+    at: Instant,
+}
+
+impl Usage {
+    fn now(&self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.at).as_secs_f64();
+        self.seconds * 0.5f64.powf(age / USAGE_HALF_LIFE.as_secs_f64())
+    }
+}
+
+/// A job running on a pool thread, for the CPU time it has used so far.
+struct Running {
+    tenant: Arc<str>,
+    clock: Option<CpuClock>,
+    cpu_start: Duration,
+}
+
 #[derive(Default)]
 struct State {
     lanes: HashMap<Arc<str>, Lane>,
+    /// Tenants with queued work, in turn.
     rotation: VecDeque<Arc<str>>,
+    /// CPU time of finished jobs, by tenant.
+    usage: HashMap<Arc<str>, Usage>,
+    /// What each thread runs now.
+    running: Vec<Option<Running>>,
     queued: usize,
     admin_running: usize,
     stopping: bool,
+}
+
+impl State {
+    fn enqueue(&mut self, tenant: &str, job: Job) {
+        let key: Arc<str> = match self.lanes.get_key_value(tenant) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(tenant),
+        };
+        let lane = self.lanes.entry(key.clone()).or_default();
+        match job.work {
+            Work::Price => lane.price.push_back(job),
+            Work::Admin => lane.admin.push_back(job),
+        }
+        if !lane.in_rotation {
+            lane.in_rotation = true;
+            self.rotation.push_back(key);
+        }
+        self.queued += 1;
+    }
+
+    fn charge(&mut self, tenant: &Arc<str>, cpu: Duration, now: Instant) {
+        let before = self.usage.get(tenant).map_or(0.0, |u| u.now(now));
+        let seconds = before + cpu.as_secs_f64();
+        self.usage
+            .insert(tenant.clone(), Usage { seconds, at: now });
+        // Forget tenants whose use has decayed to nothing.
+        if self.usage.len() > 64 {
+            self.usage.retain(|_, u| u.now(now) > 1e-4);
+        }
+    }
+
+    /// Each tenant's recent CPU time: its finished jobs' (decaying) and
+    /// what its running jobs have used so far, so a long job counts while
+    /// it runs.
+    fn recent_cpu(&self, now: Instant) -> HashMap<Arc<str>, f64> {
+        let mut recent: HashMap<Arc<str>, f64> = self
+            .usage
+            .iter()
+            .map(|(t, u)| (t.clone(), u.now(now)))
+            .collect();
+        for run in self.running.iter().flatten() {
+            let so_far = run
+                .clock
+                .and_then(cpu_time_of)
+                .map_or(0.0, |t| t.saturating_sub(run.cpu_start).as_secs_f64());
+            *recent.entry(run.tenant.clone()).or_default() += so_far;
+        }
+        recent
+    }
+}
+
+/// Whether `tenant` used more than its fair share (an even split between
+/// the tenants that used the pool recently, with a quarter of slack) of
+/// the pool's recent CPU time.
+fn over_share(recent: &HashMap<Arc<str>, f64>, tenant: &str) -> bool {
+    let active: Vec<f64> = recent.values().copied().filter(|&s| s > 1e-3).collect();
+    let total: f64 = active.iter().sum();
+    active.len() >= 2
+        && recent.get(tenant).copied().unwrap_or(0.0) > 1.25 * total / active.len() as f64
+}
+
+/// A thread's CPU-time clock.
+#[cfg(unix)]
+type CpuClock = libc::clockid_t;
+#[cfg(not(unix))]
+type CpuClock = ();
+
+/// The calling thread's CPU-time clock.
+fn own_cpu_clock() -> Option<CpuClock> {
+    #[cfg(unix)]
+    {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `clock` is valid and writable; the thread is the caller.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        (rc == 0).then_some(clock)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// CPU time a thread's clock reads now (any thread of the process).
+fn cpu_time_of(clock: CpuClock) -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is valid and writable; the clock is a pool thread's,
+        // and pool threads live as long as the pool's state.
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = clock;
+        None
+    }
 }
 
 struct Shared {
@@ -199,13 +349,19 @@ impl RulePool {
             queue_limit: config.queue_limit.max(1),
             tenant_queue_limit: config.tenant_queue_limit.max(1),
             max_wait: config.max_wait,
+            nice: config.nice.clamp(0, 19),
+            nice_over_share: config.nice_over_share.clamp(config.nice.clamp(0, 19), 19),
         };
         let shared = Arc::new(Shared {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                running: (0..config.threads).map(|_| None).collect(),
+                ..State::default()
+            }),
             ready: Condvar::new(),
             metrics,
         });
+        let switch_nice = can_switch_nice(config.nice, config.nice_over_share);
         for n in 0..config.threads {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -213,7 +369,7 @@ impl RulePool {
                 // Room for the guest's stack (wasmtime's default limit is
                 // 512 KiB) on top of the host's frames.
                 .stack_size(4 << 20)
-                .spawn(move || worker(&shared))?;
+                .spawn(move || worker(&shared, n, switch_nice))?;
         }
         Ok(Self {
             _stop: Arc::new(Stop(shared.clone())),
@@ -269,21 +425,7 @@ impl RulePool {
             shared.metrics.rule_pool_refused(tenant, job.work.label());
             return Err(PoolError::Busy);
         }
-        let key: Arc<str> = match state.lanes.get_key_value(tenant) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(tenant),
-        };
-        let lane = state.lanes.entry(key.clone()).or_default();
-        match job.work {
-            Work::Price => lane.price.push_back(job),
-            Work::Admin => lane.admin.push_back(job),
-        }
-        let join = !lane.in_rotation;
-        lane.in_rotation = true;
-        if join {
-            state.rotation.push_back(key);
-        }
-        state.queued += 1;
+        state.enqueue(tenant, job);
         shared.metrics.rule_queue_depth(state.queued);
         drop(state);
         shared.ready.notify_one();
@@ -295,9 +437,45 @@ impl RulePool {
 struct Taken {
     tenant: Arc<str>,
     job: Job,
+    /// Whether the tenant used more than its share of the CPU recently.
+    over_share: bool,
 }
 
-fn worker(shared: &Shared) {
+/// Sets the calling thread's nice value (Linux: nice is per thread).
+/// Raising it is always allowed; lowering it again needs `CAP_SYS_NICE` or
+/// a high enough `RLIMIT_NICE`.
+fn set_nice(nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        false
+    }
+}
+
+/// Whether a pool thread may move between `low` and `lower` priority
+/// both ways (tried on a thread of its own).
+fn can_switch_nice(low: i32, lower: i32) -> bool {
+    low != lower
+        && std::thread::spawn(move || set_nice(lower) && set_nice(low))
+            .join()
+            .unwrap_or(false)
+}
+
+fn worker(shared: &Shared, slot: usize, switch_nice: bool) {
+    let config = shared.config;
+    let clock = own_cpu_clock();
+    let mut nice = config.nice;
+    if nice > 0 && !set_nice(nice) {
+        nice = 0;
+    }
     loop {
         let mut expired = Vec::new();
         let taken = {
@@ -308,8 +486,15 @@ fn worker(shared: &Shared) {
                 if state.stopping {
                     return;
                 }
-                let taken = pick(&mut state, &shared.config, &mut expired);
+                let taken = pick(&mut state, &config, &mut expired);
                 shared.metrics.rule_queue_depth(state.queued);
+                if let (Some(taken), Some(run)) = (&taken, state.running.get_mut(slot)) {
+                    *run = Some(Running {
+                        tenant: taken.tenant.clone(),
+                        clock,
+                        cpu_start: clock.and_then(cpu_time_of).unwrap_or_default(),
+                    });
+                }
                 if taken.is_some() || !expired.is_empty() {
                     break taken;
                 }
@@ -323,25 +508,48 @@ fn worker(shared: &Shared) {
             shared.metrics.rule_pool_refused(&tenant, job.work.label());
             (job.task)(Start::Expired);
         }
-        let Some(Taken { tenant, job }) = taken else {
+        let Some(Taken {
+            tenant,
+            job,
+            over_share,
+        }) = taken
+        else {
             continue;
         };
+        if switch_nice {
+            let wanted = if over_share {
+                config.nice_over_share
+            } else {
+                config.nice
+            };
+            if wanted != nice && set_nice(wanted) {
+                nice = wanted;
+            }
+        }
         let work = job.work;
         shared
             .metrics
             .rule_pool_wait(&tenant, work.label(), job.enqueued.elapsed());
         let started = Instant::now();
+        let cpu_started = clock.and_then(cpu_time_of);
         let task = job.task;
         // A panicking job (a host bug) must not take the thread with it; its
         // caller sees `PoolError::Failed`.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(Start::Run)));
+        let cpu = match (cpu_started, clock.and_then(cpu_time_of)) {
+            (Some(start), Some(end)) => end.saturating_sub(start),
+            _ => started.elapsed(),
+        };
         shared
             .metrics
             .rule_pool_run(&tenant, work.label(), started.elapsed());
         if let Ok(mut state) = shared.state.lock() {
+            if let Some(run) = state.running.get_mut(slot) {
+                *run = None;
+            }
+            state.charge(&tenant, cpu, Instant::now());
             state.admin_running -= usize::from(work == Work::Admin);
-            let lane = state.lanes.get_mut(&tenant);
-            let remove = match lane {
+            let remove = match state.lanes.get_mut(&tenant) {
                 Some(lane) => {
                     lane.running -= 1;
                     lane.admin_running -= usize::from(work == Work::Admin);
@@ -358,28 +566,33 @@ fn worker(shared: &Shared) {
     }
 }
 
-/// Takes the next runnable job, tenants in turn. Jobs whose caller gave
-/// up are dropped; jobs that waited too long are moved to `expired`.
+/// Takes the next runnable job: of the tenants with work waiting and room
+/// to run it, the one that used the least CPU time recently (the first in
+/// turn among equals). Jobs whose caller gave up are dropped; jobs that
+/// waited too long are moved to `expired`.
 fn pick(
     state: &mut State,
     config: &PoolConfig,
     expired: &mut Vec<(Arc<str>, Job)>,
 ) -> Option<Taken> {
-    let rounds = state.rotation.len();
-    for _ in 0..rounds {
-        let tenant = state.rotation.pop_front()?;
-        let admin_room = state.admin_running < config.admin_total;
-        let Some(lane) = state.lanes.get_mut(&tenant) else {
+    let now = Instant::now();
+    let recent = state.recent_cpu(now);
+    let admin_room = state.admin_running < config.admin_total;
+    let mut dropped = 0;
+    let mut best: Option<(usize, f64)> = None;
+    let State {
+        lanes, rotation, ..
+    } = state;
+    for (at, tenant) in rotation.iter().enumerate() {
+        let Some(lane) = lanes.get_mut(tenant) else {
             continue;
         };
-        lane.in_rotation = false;
-        let mut dropped = 0;
         for queue in [&mut lane.price, &mut lane.admin] {
             while let Some(head) = queue.front() {
                 if head.cancelled.load(Ordering::Relaxed) {
                     queue.pop_front();
                     dropped += 1;
-                } else if head.enqueued.elapsed() > config.max_wait {
+                } else if now.saturating_duration_since(head.enqueued) > config.max_wait {
                     if let Some(job) = queue.pop_front() {
                         expired.push((tenant.clone(), job));
                     }
@@ -389,37 +602,56 @@ fn pick(
                 }
             }
         }
-        let mut job = None;
-        if lane.running < config.tenant_share {
-            job = lane.price.pop_front();
-            if job.is_none() && admin_room && lane.admin_running < config.admin_per_tenant {
-                job = lane.admin.pop_front();
+        let runnable = lane.running < config.tenant_share
+            && (!lane.price.is_empty()
+                || (!lane.admin.is_empty()
+                    && admin_room
+                    && lane.admin_running < config.admin_per_tenant));
+        if runnable {
+            let used = recent.get(tenant).copied().unwrap_or(0.0);
+            if best.is_none_or(|(_, least)| used < least) {
+                best = Some((at, used));
             }
-        }
-        if let Some(j) = &job {
-            lane.running += 1;
-            if j.work == Work::Admin {
-                lane.admin_running += 1;
-            }
-        }
-        let (queued, running) = (lane.queued(), lane.running);
-        if queued > 0 {
-            lane.in_rotation = true;
-        }
-        state.queued -= dropped + usize::from(job.is_some());
-        if job.is_some() {
-            state.admin_running += usize::from(job.as_ref().is_some_and(|j| j.work == Work::Admin));
-        }
-        if queued > 0 {
-            state.rotation.push_back(tenant.clone());
-        } else if running == 0 {
-            state.lanes.remove(&tenant);
-        }
-        if let Some(job) = job {
-            return Some(Taken { tenant, job });
         }
     }
-    None
+    state.queued -= dropped;
+    let taken = best.and_then(|(at, _)| {
+        let tenant = state.rotation.remove(at)?;
+        let lane = state.lanes.get_mut(&tenant)?;
+        let job = lane.price.pop_front().or_else(|| lane.admin.pop_front())?;
+        lane.running += 1;
+        if job.work == Work::Admin {
+            lane.admin_running += 1;
+            state.admin_running += 1;
+        }
+        state.queued -= 1;
+        // Back of the line.
+        state.rotation.push_back(tenant.clone());
+        Some((tenant, job))
+    });
+    // Tenants with nothing left waiting leave the rotation (and the lanes,
+    // once nothing of theirs runs either).
+    let State {
+        lanes, rotation, ..
+    } = state;
+    rotation.retain(|tenant| match lanes.get_mut(tenant) {
+        Some(lane) if lane.queued() > 0 => true,
+        Some(lane) => {
+            lane.in_rotation = false;
+            if lane.running == 0 {
+                lanes.remove(tenant);
+            }
+            false
+        }
+        None => false,
+    });
+    let (tenant, job) = taken?;
+    let over_share = over_share(&recent, &tenant);
+    Some(Taken {
+        tenant,
+        job,
+        over_share,
+    })
 }
 
 #[cfg(test)]
@@ -436,6 +668,8 @@ mod tests {
             queue_limit: 64,
             tenant_queue_limit: 16,
             max_wait: Duration::from_secs(30),
+            nice: 0,
+            nice_over_share: 0,
         }
     }
 
@@ -535,6 +769,45 @@ mod tests {
         for w in waiting {
             assert_eq!(w.await.unwrap(), Ok(()));
         }
+    }
+
+    #[test]
+    fn the_tenant_that_used_the_least_cpu_goes_first_and_a_heavy_one_is_over_its_share() {
+        let job = || Job {
+            work: Work::Price,
+            enqueued: Instant::now(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            task: Box::new(|_| {}),
+        };
+        let mut state = State::default();
+        let now = Instant::now();
+        state.charge(&Arc::from("heavy"), Duration::from_millis(900), now);
+        state.charge(&Arc::from("light"), Duration::from_millis(100), now);
+        // The heavy tenant's work waits first...
+        state.enqueue("heavy", job());
+        state.enqueue("light", job());
+        state.enqueue("light", job());
+        let config = config(4, 4);
+        let mut expired = Vec::new();
+        let order: Vec<(String, bool)> = std::iter::from_fn(|| {
+            pick(&mut state, &config, &mut expired).map(|t| (t.tenant.to_string(), t.over_share))
+        })
+        .collect();
+        // ...and the light one's goes first; the heavy one runs over its
+        // share (at the lowest priority).
+        assert_eq!(
+            order,
+            [
+                ("light".into(), false),
+                ("light".into(), false),
+                ("heavy".into(), true)
+            ]
+        );
+        assert!(expired.is_empty());
+        // Alone on the pool, nobody is over a share.
+        let mut alone = State::default();
+        alone.charge(&Arc::from("heavy"), Duration::from_millis(900), now);
+        assert!(!over_share(&alone.recent_cpu(now), "heavy"));
     }
 
     #[tokio::test(flavor = "multi_thread")]
