@@ -110,8 +110,10 @@ struct Phase {
     quotes: Histogram<u64>,
     malls: Histogram<u64>,
     changed: u64,
-    /// Samples of the pool threads' nice values.
-    nice: std::collections::BTreeMap<i64, u32>,
+    /// CPU seconds the process used during the phase.
+    cpu: f64,
+    /// Samples of the pool threads' priorities.
+    nice: std::collections::BTreeMap<String, u32>,
 }
 
 async fn phase(
@@ -154,8 +156,9 @@ async fn phase(
             }));
         }
     }
-    // The pool threads' nice values, sampled every 100 ms.
-    let mut nice: std::collections::BTreeMap<i64, u32> = Default::default();
+    let cpu_before = process_cpu_secs();
+    // The pool threads' priorities, sampled every 100 ms.
+    let mut nice: std::collections::BTreeMap<String, u32> = Default::default();
     let until = Instant::now() + Duration::from_secs(secs());
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -164,6 +167,7 @@ async fn phase(
         }
     }
     stop.store(true, Ordering::Relaxed);
+    let cpu = process_cpu_secs() - cpu_before;
     let mut quotes = Histogram::<u64>::new(3).unwrap();
     let mut changed = 0;
     for v in victims {
@@ -180,11 +184,28 @@ async fn phase(
         malls,
         changed,
         nice,
+        cpu,
     }
 }
 
-/// The nice values of the rule pool's threads now (Linux).
-fn pool_nice() -> Vec<i64> {
+/// CPU time this process has used (user and system), in seconds.
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let rest: Vec<&str> = stat[end + 2..].split(' ').collect();
+    // utime and stime: the 14th and 15th fields, in clock ticks.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| rest.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: a plain query of a system constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The priorities of the rule pool's threads now (Linux).
+fn pool_nice() -> Vec<String> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
@@ -198,8 +219,13 @@ fn pool_nice() -> Vec<i64> {
             let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
             // Fields after the command's closing parenthesis; nice is the
             // 19th field of the line, the 17th after it.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            rest.split(' ').nth(16)?.parse().ok()
+            let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            // The policy is the 41st field; 5 is SCHED_IDLE.
+            Some(if rest.get(38) == Some(&"5") {
+                "SCHED_IDLE".to_owned()
+            } else {
+                format!("nice {}", rest.get(16)?)
+            })
         })
         .collect()
 }
@@ -587,8 +613,14 @@ async fn run() {
         );
     }
     println!(
-        "\nPool threads' nice values (samples): clean {:?}, under attack {:?}.",
+        "\nPool threads' priorities (samples every 100 ms): clean {:?}, under attack {:?}.",
         clean.nice, attacked.nice
+    );
+    println!(
+        "\nCPU the process used: clean {:.1} s, under attack {:.1} s, of {} s.",
+        clean.cpu,
+        attacked.cpu,
+        secs()
     );
     println!(
         "\nRatio under attack: quote p99 {:.2}×, malls p99 {:.2}×.",

@@ -1128,6 +1128,8 @@ impl RuleHost {
         let _ = store.set_fuel(limits.fuel);
         store.set_epoch_deadline(CHECK_EVERY_TICKS);
         store.epoch_deadline_callback(|mut cx| {
+            // A long-running job yields to other tenants' work here.
+            super::pool::pause_point();
             let sandbox = cx.data_mut();
             match sandbox.clock.check() {
                 None => Ok(UpdateDeadline::Continue(CHECK_EVERY_TICKS)),

@@ -14,13 +14,14 @@
 //! than allowed, is refused with [`PoolError::Busy`] — the host's failure,
 //! never a rule's.
 //!
-//! The threads run at a lower OS scheduling priority than the threads that
-//! serve requests (a higher nice value, Linux), and a tenant that used more
-//! than its fair share of the pool's CPU time recently runs at the lowest
-//! priority: when the CPUs are short, a tenant's spinning rules slow its own
-//! work, not the node's other requests nor other tenants' prices. Rule
-//! deadlines count the rule's own CPU time, so running at a low priority
-//! never makes a rule fail its deadline.
+//! A job that has run longer than ordinary rules do (20 ms of CPU by
+//! default) drops to the lowest OS scheduling priority (`SCHED_IDLE`, Linux;
+//! where the process may raise a thread's priority back) and pauses for 4 ms
+//! after each millisecond it runs while another tenant has work: a tenant's
+//! spinning rules get a fifth of a CPU at most while others need it, and
+//! slow its own work, not the node's requests nor other tenants' prices.
+//! Rule deadlines count the rule's own CPU time, so a low priority or a
+//! pause never counts against a rule.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,9 +52,14 @@ pub struct PoolConfig {
     /// threads' 0, so rule work takes only the CPU that serving requests
     /// leaves.
     pub nice: i32,
-    /// Nice value while running the work of a tenant that used more than
-    /// its fair share of the pool's CPU time recently.
-    pub nice_over_share: i32,
+    /// Whether a job that has run longer than `demote_after` drops to the
+    /// lowest priority (`SCHED_IDLE`, Linux) and pauses while other tenants
+    /// have work (see [`pause_point`]).
+    pub demote_long_jobs: bool,
+    /// CPU time after which a running job drops to the lowest priority:
+    /// the short jobs of ordinary rules keep the CPU before long-running
+    /// ones.
+    pub demote_after: Duration,
 }
 
 impl PoolConfig {
@@ -71,7 +77,8 @@ impl PoolConfig {
             tenant_queue_limit: 128,
             max_wait: Duration::from_secs(2),
             nice: 0,
-            nice_over_share: 19,
+            demote_long_jobs: true,
+            demote_after: Duration::from_millis(20),
         }
     }
 }
@@ -96,7 +103,8 @@ impl PoolConfig {
         config.tenant_queue_limit = rules.tenant_queue_limit.max(1);
         config.max_wait = Duration::from_millis(rules.queue_wait_ms);
         config.nice = rules.pool_nice;
-        config.nice_over_share = rules.pool_nice_over_share.max(rules.pool_nice);
+        config.demote_long_jobs = rules.pool_demote_long_jobs;
+        config.demote_after = Duration::from_millis(rules.pool_demote_after_ms);
         config
     }
 }
@@ -179,6 +187,18 @@ struct Running {
     tenant: Arc<str>,
     clock: Option<CpuClock>,
     cpu_start: Duration,
+    /// The thread's id, to lower its priority from outside.
+    thread: Option<i32>,
+    /// Whether the job was moved to the lowest priority while it ran.
+    demoted: bool,
+}
+
+impl Running {
+    fn cpu_so_far(&self) -> Duration {
+        self.clock
+            .and_then(cpu_time_of)
+            .map_or(Duration::ZERO, |t| t.saturating_sub(self.cpu_start))
+    }
 }
 
 #[derive(Default)]
@@ -234,24 +254,10 @@ impl State {
             .map(|(t, u)| (t.clone(), u.now(now)))
             .collect();
         for run in self.running.iter().flatten() {
-            let so_far = run
-                .clock
-                .and_then(cpu_time_of)
-                .map_or(0.0, |t| t.saturating_sub(run.cpu_start).as_secs_f64());
-            *recent.entry(run.tenant.clone()).or_default() += so_far;
+            *recent.entry(run.tenant.clone()).or_default() += run.cpu_so_far().as_secs_f64();
         }
         recent
     }
-}
-
-/// Whether `tenant` used more than its fair share (an even split between
-/// the tenants that used the pool recently, with a quarter of slack) of
-/// the pool's recent CPU time.
-fn over_share(recent: &HashMap<Arc<str>, f64>, tenant: &str) -> bool {
-    let active: Vec<f64> = recent.values().copied().filter(|&s| s > 1e-3).collect();
-    let total: f64 = active.iter().sum();
-    active.len() >= 2
-        && recent.get(tenant).copied().unwrap_or(0.0) > 1.25 * total / active.len() as f64
 }
 
 /// A thread's CPU-time clock.
@@ -350,7 +356,8 @@ impl RulePool {
             tenant_queue_limit: config.tenant_queue_limit.max(1),
             max_wait: config.max_wait,
             nice: config.nice.clamp(0, 19),
-            nice_over_share: config.nice_over_share.clamp(config.nice.clamp(0, 19), 19),
+            demote_long_jobs: config.demote_long_jobs,
+            demote_after: config.demote_after,
         };
         let shared = Arc::new(Shared {
             config,
@@ -361,7 +368,14 @@ impl RulePool {
             ready: Condvar::new(),
             metrics,
         });
-        let switch_nice = can_switch_nice(config.nice, config.nice_over_share);
+        let switch_nice = config.demote_long_jobs && can_switch_priority(config.nice);
+        if config.demote_long_jobs && !switch_nice {
+            tracing::warn!(
+                nice = config.nice,
+                "the process may not raise a thread's priority back (CAP_SYS_NICE or \
+                 RLIMIT_NICE): long-running rule jobs keep the pool's priority"
+            );
+        }
         for n in 0..config.threads {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -369,7 +383,17 @@ impl RulePool {
                 // Room for the guest's stack (wasmtime's default limit is
                 // 512 KiB) on top of the host's frames.
                 .stack_size(4 << 20)
-                .spawn(move || worker(&shared, n, switch_nice))?;
+                .spawn(move || {
+                    WORKER.with(|w| *w.borrow_mut() = Some((shared.clone(), n)));
+                    worker(&shared, n);
+                    WORKER.with(|w| *w.borrow_mut() = None);
+                })?;
+        }
+        if switch_nice {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("rule-demoter".into())
+                .spawn(move || demoter(&shared))?;
         }
         Ok(Self {
             _stop: Arc::new(Stop(shared.clone())),
@@ -437,44 +461,141 @@ impl RulePool {
 struct Taken {
     tenant: Arc<str>,
     job: Job,
-    /// Whether the tenant used more than its share of the CPU recently.
-    over_share: bool,
 }
 
-/// Sets the calling thread's nice value (Linux: nice is per thread).
-/// Raising it is always allowed; lowering it again needs `CAP_SYS_NICE` or
-/// a high enough `RLIMIT_NICE`.
-fn set_nice(nice: i32) -> bool {
+thread_local! {
+    /// The pool and slot of the pool thread this is, and when its job last
+    /// resumed after a pause.
+    static WORKER: std::cell::RefCell<Option<(Arc<Shared>, usize)>> =
+        const { std::cell::RefCell::new(None) };
+    static RESUMED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// How long a long-running job pauses, after each millisecond it ran,
+/// while other tenants have work: it keeps a fifth of a CPU.
+const PAUSE: Duration = Duration::from_millis(4);
+
+/// Called by a running rule every millisecond or so (on the thread that
+/// runs it): a job that has run longer than ordinary rules do (see
+/// [`PoolConfig::demote_after`]) pauses while another tenant has work
+/// running or waiting, so it takes a fifth of a CPU from them at most.
+/// The pause is not the rule's CPU time: its time limit does not run.
+pub(crate) fn pause_point() {
+    let pause = WORKER.with(|w| {
+        let worker = w.borrow();
+        let (shared, slot) = worker.as_ref()?;
+        if !shared.config.demote_long_jobs {
+            return None;
+        }
+        let state = shared.state.lock().ok()?;
+        let mine = state.running.get(*slot)?.as_ref()?;
+        if !mine.demoted {
+            return None;
+        }
+        let others_busy = state
+            .running
+            .iter()
+            .flatten()
+            .any(|r| r.tenant != mine.tenant && !r.demoted)
+            || state
+                .lanes
+                .iter()
+                .any(|(t, l)| *t != mine.tenant && l.queued() > 0);
+        others_busy.then_some(PAUSE)
+    });
+    let ran_since = RESUMED.get().map_or(Duration::MAX, |r| r.elapsed());
+    if let Some(pause) = pause
+        && ran_since >= Duration::from_millis(1)
+    {
+        std::thread::sleep(pause);
+        RESUMED.set(Some(Instant::now()));
+    }
+}
+
+/// The calling thread's id (Linux).
+fn own_thread_id() -> Option<i32> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls on the calling thread's own id.
+        // SAFETY: a plain system call without arguments.
+        Some(unsafe { libc::gettid() })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Sets a thread's priority (Linux: per thread): `SCHED_IDLE` when `low`
+/// (it runs only on a CPU nothing else wants, and yields it at once when
+/// another thread wakes up), else the normal policy at `nice`. Lowering is
+/// always allowed; raising it back needs `CAP_SYS_NICE` or a high enough
+/// `RLIMIT_NICE`.
+fn set_priority_of(tid: i32, low: bool, nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        let policy = if low {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
+        // SAFETY: plain system calls on a thread id of this process, with
+        // a valid parameter block.
         unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0
+            libc::sched_setscheduler(tid, policy, &param) == 0
+                && (low || libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0)
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = nice;
+        let _ = (tid, low, nice);
         false
     }
 }
 
-/// Whether a pool thread may move between `low` and `lower` priority
-/// both ways (tried on a thread of its own).
-fn can_switch_nice(low: i32, lower: i32) -> bool {
-    low != lower
-        && std::thread::spawn(move || set_nice(lower) && set_nice(low))
-            .join()
-            .unwrap_or(false)
+/// Moves every job that has run longer than `demote_after` to the lowest
+/// priority, looking every few milliseconds.
+fn demoter(shared: &Shared) {
+    let config = shared.config;
+    loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let Ok(mut state) = shared.state.lock() else {
+            return;
+        };
+        if state.stopping {
+            return;
+        }
+        for run in state.running.iter_mut().flatten() {
+            if !run.demoted && run.cpu_so_far() > config.demote_after {
+                run.demoted = true;
+                if let Some(tid) = run.thread {
+                    set_priority_of(tid, true, config.nice);
+                }
+            }
+        }
+    }
 }
 
-fn worker(shared: &Shared, slot: usize, switch_nice: bool) {
+/// Whether a pool thread may move to the lowest priority and back (tried
+/// on a thread of its own).
+fn can_switch_priority(nice: i32) -> bool {
+    std::thread::spawn(move || {
+        own_thread_id().is_some_and(|tid| {
+            set_priority_of(tid, true, nice) && set_priority_of(tid, false, nice)
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+fn worker(shared: &Shared, slot: usize) {
     let config = shared.config;
     let clock = own_cpu_clock();
-    let mut nice = config.nice;
-    if nice > 0 && !set_nice(nice) {
-        nice = 0;
+    let thread = own_thread_id();
+    // Whether the thread runs at the lowest priority now.
+    let mut low = false;
+    if config.nice > 0 {
+        thread.map(|tid| set_priority_of(tid, false, config.nice));
     }
     loop {
         let mut expired = Vec::new();
@@ -493,6 +614,8 @@ fn worker(shared: &Shared, slot: usize, switch_nice: bool) {
                         tenant: taken.tenant.clone(),
                         clock,
                         cpu_start: clock.and_then(cpu_time_of).unwrap_or_default(),
+                        thread,
+                        demoted: false,
                     });
                 }
                 if taken.is_some() || !expired.is_empty() {
@@ -508,23 +631,12 @@ fn worker(shared: &Shared, slot: usize, switch_nice: bool) {
             shared.metrics.rule_pool_refused(&tenant, job.work.label());
             (job.task)(Start::Expired);
         }
-        let Some(Taken {
-            tenant,
-            job,
-            over_share,
-        }) = taken
-        else {
+        let Some(Taken { tenant, job }) = taken else {
             continue;
         };
-        if switch_nice {
-            let wanted = if over_share {
-                config.nice_over_share
-            } else {
-                config.nice
-            };
-            if wanted != nice && set_nice(wanted) {
-                nice = wanted;
-            }
+        // A job starts at the normal priority.
+        if low && let Some(tid) = thread {
+            low = !set_priority_of(tid, false, config.nice);
         }
         let work = job.work;
         shared
@@ -544,8 +656,10 @@ fn worker(shared: &Shared, slot: usize, switch_nice: bool) {
             .metrics
             .rule_pool_run(&tenant, work.label(), started.elapsed());
         if let Ok(mut state) = shared.state.lock() {
-            if let Some(run) = state.running.get_mut(slot) {
-                *run = None;
+            if let Some(run) = state.running.get_mut(slot)
+                && run.take().is_some_and(|r| r.demoted)
+            {
+                low = true;
             }
             state.charge(&tenant, cpu, Instant::now());
             state.admin_running -= usize::from(work == Work::Admin);
@@ -646,12 +760,7 @@ fn pick(
         None => false,
     });
     let (tenant, job) = taken?;
-    let over_share = over_share(&recent, &tenant);
-    Some(Taken {
-        tenant,
-        job,
-        over_share,
-    })
+    Some(Taken { tenant, job })
 }
 
 #[cfg(test)]
@@ -669,7 +778,8 @@ mod tests {
             tenant_queue_limit: 16,
             max_wait: Duration::from_secs(30),
             nice: 0,
-            nice_over_share: 0,
+            demote_long_jobs: false,
+            demote_after: Duration::from_millis(20),
         }
     }
 
@@ -772,7 +882,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tenant_that_used_the_least_cpu_goes_first_and_a_heavy_one_is_over_its_share() {
+    fn the_tenant_that_used_the_least_cpu_recently_goes_first() {
         let job = || Job {
             work: Work::Price,
             enqueued: Instant::now(),
@@ -783,31 +893,19 @@ mod tests {
         let now = Instant::now();
         state.charge(&Arc::from("heavy"), Duration::from_millis(900), now);
         state.charge(&Arc::from("light"), Duration::from_millis(100), now);
-        // The heavy tenant's work waits first...
+        // The heavy tenant's work waits first, and the light one's goes
+        // first.
         state.enqueue("heavy", job());
         state.enqueue("light", job());
         state.enqueue("light", job());
         let config = config(4, 4);
         let mut expired = Vec::new();
-        let order: Vec<(String, bool)> = std::iter::from_fn(|| {
-            pick(&mut state, &config, &mut expired).map(|t| (t.tenant.to_string(), t.over_share))
+        let order: Vec<String> = std::iter::from_fn(|| {
+            pick(&mut state, &config, &mut expired).map(|t| t.tenant.to_string())
         })
         .collect();
-        // ...and the light one's goes first; the heavy one runs over its
-        // share (at the lowest priority).
-        assert_eq!(
-            order,
-            [
-                ("light".into(), false),
-                ("light".into(), false),
-                ("heavy".into(), true)
-            ]
-        );
+        assert_eq!(order, ["light", "light", "heavy"]);
         assert!(expired.is_empty());
-        // Alone on the pool, nobody is over a share.
-        let mut alone = State::default();
-        alone.charge(&Arc::from("heavy"), Duration::from_millis(900), now);
-        assert!(!over_share(&alone.recent_cpu(now), "heavy"));
     }
 
     #[tokio::test(flavor = "multi_thread")]
