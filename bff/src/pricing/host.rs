@@ -713,9 +713,7 @@ impl Costs {
                 | Operator::TryTable { .. }
                 | Operator::Try { .. } => frames.push(false),
                 Operator::End | Operator::Delegate { .. } => {
-                    if frames.pop() == Some(true) {
-                        loops -= 1;
-                    }
+                    loops -= u64::from(frames.pop() == Some(true));
                 }
                 Operator::LocalGet { .. }
                 | Operator::LocalSet { .. }
