@@ -908,6 +908,42 @@ mod tests {
         assert!(expired.is_empty());
     }
 
+    /// The calling thread's scheduling policy (Linux).
+    #[cfg(target_os = "linux")]
+    fn policy() -> i32 {
+        // SAFETY: a plain query of the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_long_job_drops_to_the_idle_policy_and_the_next_job_starts_normal() {
+        if !can_switch_priority(0) {
+            // Not allowed here (no CAP_SYS_NICE): nothing is demoted.
+            return;
+        }
+        let mut config = config(1, 1);
+        config.demote_long_jobs = true;
+        let pool = RulePool::start(config, Metrics::new()).unwrap();
+        let long = pool
+            .run("t", Work::Price, || {
+                let start = super::cpu_time_of(super::own_cpu_clock().unwrap()).unwrap();
+                let cpu = || super::cpu_time_of(super::own_cpu_clock().unwrap()).unwrap() - start;
+                let at_start = policy();
+                // Spin past the demotion, until it happens (or 5 s of CPU).
+                let mut x = 0u64;
+                while policy() != libc::SCHED_IDLE && cpu() < Duration::from_secs(5) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                (at_start, policy())
+            })
+            .await
+            .unwrap();
+        assert_eq!(long, (libc::SCHED_OTHER, libc::SCHED_IDLE));
+        let short = pool.run("t", Work::Price, policy).await.unwrap();
+        assert_eq!(short, libc::SCHED_OTHER);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_panicking_job_fails_its_caller_and_the_thread_lives_on() {
         let pool = RulePool::start(config(1, 1), Metrics::new()).unwrap();
