@@ -48,13 +48,13 @@ pub struct PoolConfig {
     pub tenant_queue_limit: usize,
     /// Longest a job may wait before it is refused.
     pub max_wait: Duration,
-    /// Nice value of the threads (Linux; 0 to 19): above the request
-    /// threads' 0, so rule work takes only the CPU that serving requests
-    /// leaves.
+    /// Nice value of the threads (Linux; 0 to 19). 0: the request
+    /// threads' priority; higher: every rule job (quotes' too) gets only
+    /// the CPU that serving requests leaves.
     pub nice: i32,
     /// Whether a job that has run longer than `demote_after` drops to the
     /// lowest priority (`SCHED_IDLE`, Linux) and pauses while other tenants
-    /// have work (see [`pause_point`]).
+    /// have work (see `pause_point`).
     pub demote_long_jobs: bool,
     /// CPU time after which a running job drops to the lowest priority:
     /// the short jobs of ordinary rules keep the CPU before long-running
