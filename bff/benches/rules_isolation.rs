@@ -10,9 +10,13 @@
 //! 2. Peak resident memory during a burst of 150 concurrent `publishRule`
 //!    calls whose `check-config` grows to 48 MiB and spins to its deadline.
 //! 3. Time to refuse a 700,000-function core module at upload.
+//! 4. Compile time of the costliest modules the upload limits accept
+//!    (`host::costs`), and time to refuse modules just beyond them.
+//! 5. When a spinning rule with `timeoutMs: 1` stops (dry runs).
 //!
 //! The app runs in this process (the figures include the load generator).
-//! Seconds per load phase: `BENCH_SECS` (default 10).
+//! Seconds per load phase: `BENCH_SECS` (default 10). `BENCH_ONLY=compile`
+//! runs parts 4 and 5 alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +30,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 const DIR: &str = env!("PROMOTION_RULES_WASM_DIR");
-const QUOTE: &str = "query($c: CartInput!) { quote(input: $c) { payable { amount } degraded } }";
+const QUOTE: &str = "query($c: CartInput!) { quote(input: $c) { payable { amount } degraded skippedRules { code } } }";
 
 fn secs() -> u64 {
     std::env::var("BENCH_SECS")
@@ -106,6 +110,10 @@ struct Phase {
     quotes: Histogram<u64>,
     malls: Histogram<u64>,
     changed: u64,
+    /// CPU seconds the process used during the phase.
+    cpu: f64,
+    /// Samples of the pool threads' priorities.
+    nice: std::collections::BTreeMap<String, u32>,
 }
 
 async fn phase(
@@ -123,7 +131,11 @@ async fn phase(
             let (member, cart, expected) = (member.clone(), cart.clone(), expected.clone());
             Box::pin(async move {
                 let body = c.graphql(Some(&member), QUOTE, json!({ "c": cart })).await;
-                body["data"]["quote"] == expected
+                let same = body["data"]["quote"] == expected;
+                if !same {
+                    eprintln!("a demo quote changed: {body}");
+                }
+                same
             })
         })));
     }
@@ -144,8 +156,18 @@ async fn phase(
             }));
         }
     }
-    tokio::time::sleep(Duration::from_secs(secs())).await;
+    let cpu_before = process_cpu_secs();
+    // The pool threads' priorities, sampled every 100 ms.
+    let mut nice: std::collections::BTreeMap<String, u32> = Default::default();
+    let until = Instant::now() + Duration::from_secs(secs());
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in pool_nice() {
+            *nice.entry(n).or_default() += 1;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
+    let cpu = process_cpu_secs() - cpu_before;
     let mut quotes = Histogram::<u64>::new(3).unwrap();
     let mut changed = 0;
     for v in victims {
@@ -161,7 +183,51 @@ async fn phase(
         quotes,
         malls,
         changed,
+        nice,
+        cpu,
     }
+}
+
+/// CPU time this process has used (user and system), in seconds.
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let rest: Vec<&str> = stat[end + 2..].split(' ').collect();
+    // utime and stime: the 14th and 15th fields, in clock ticks.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| rest.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: a plain query of a system constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The priorities of the rule pool's threads now (Linux).
+fn pool_nice() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            if !comm.starts_with("rule-worker") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis; nice is the
+            // 19th field of the line, the 17th after it.
+            let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            // The policy is the 41st field; 5 is SCHED_IDLE.
+            Some(if rest.get(38) == Some(&"5") {
+                "SCHED_IDLE".to_owned()
+            } else {
+                format!("nice {}", rest.get(16)?)
+            })
+        })
+        .collect()
 }
 
 /// A quote of the second tenant through the pricing capability (the demo
@@ -235,6 +301,202 @@ fn many_functions(count: u32) -> Vec<u8> {
     module
 }
 
+fn leb(mut n: u32, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A core module of the given function bodies (locals and instructions,
+/// without the final `end`), all of type `() -> ()`, wrapped in a component
+/// that embeds it (so the host compiles it, then finds no rule exports).
+fn component_of(bodies: &[Vec<u8>]) -> Vec<u8> {
+    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, vec![1, 0x60, 0, 0], &mut module);
+    let mut functions = Vec::new();
+    leb(bodies.len() as u32, &mut functions);
+    functions.extend(std::iter::repeat_n(0u8, bodies.len()));
+    section(3, functions, &mut module);
+    let mut code = Vec::new();
+    leb(bodies.len() as u32, &mut code);
+    for body in bodies {
+        leb(body.len() as u32 + 1, &mut code);
+        code.extend(body);
+        code.push(0x0b);
+    }
+    section(10, code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, module, &mut component);
+    component
+}
+
+/// Bodies of `per_body`-instruction chunks repeating `unit` (of `ops`
+/// instructions) until `total` instructions, after a `prelude`.
+fn spread(prelude: &[u8], unit: &[u8], ops: usize, total: usize) -> Vec<Vec<u8>> {
+    let per_body = (60_000 / unit.len()) * ops;
+    let mut bodies = Vec::new();
+    let mut left = total;
+    while left > ops {
+        let here = left.min(per_body) / ops;
+        let mut body = prelude.to_vec();
+        body.extend(unit.repeat(here));
+        bodies.push(body);
+        left = left.saturating_sub(here * ops + 1);
+    }
+    bodies
+}
+
+/// A local-index immediate.
+fn idx(i: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    leb(i, &mut out);
+    out
+}
+
+/// The costliest shapes the cost limits accept, and one beyond each.
+fn costly_modules() -> Vec<(&'static str, Vec<u8>)> {
+    use bff::pricing::host::costs;
+    let ops = costs::MAX_COMPILE_COST as usize - 64;
+    let depth = costs::MAX_LOOP_DEPTH as u32;
+    let locals = costs::MAX_LOCALS as u32;
+    let weight = (costs::MAX_COMPILE_COST / costs::LOOP_LOCAL_COST) as u32 * 9 / 10;
+    // (1 local) x + 1 -> x, over and over.
+    let arithmetic = spread(&[1, 1, 0x7f], &[0x20, 0, 0x41, 1, 0x6a, 0x21, 0], 4, ops);
+    // Calls of a function: each clobbers every register.
+    let calls = spread(
+        &[0],
+        &[0x10, 0],
+        1,
+        ops / (costs::INSTRUCTION_COST + costs::CALL_COST) as usize,
+    );
+    // `locals` locals, each read and written inside `depth` nested loops
+    // with a back edge each: every loop carries every local.
+    let live = |reads_per_local: u32| {
+        let mut body = vec![1];
+        leb(locals, &mut body);
+        body.push(0x7f);
+        body.extend([0x03, 0x40].repeat(depth as usize));
+        let updates = (weight / depth / 2 / reads_per_local).min(locals);
+        for i in 0..updates {
+            for _ in 0..reads_per_local {
+                body.push(0x20);
+                body.extend(idx(i));
+                body.extend([0x41, 1, 0x6a, 0x21]);
+                body.extend(idx(i));
+            }
+        }
+        for _ in 0..depth {
+            body.extend([0x20, 0, 0x0d, 0, 0x0b]);
+        }
+        body
+    };
+    // `br_table`s of 60,000 targets, as many as the instruction limit
+    // allows.
+    let table = {
+        let mut body = vec![0, 0x02, 0x40, 0x41, 0, 0x0e];
+        leb(60_000, &mut body);
+        body.extend(std::iter::repeat_n(0u8, 60_001));
+        body.push(0x0b);
+        body
+    };
+    let tables = vec![table; ops / 60_004];
+    let mut all = vec![
+        (
+            "cost limit: arithmetic on a local",
+            component_of(&arithmetic),
+        ),
+        ("cost limit: calls", component_of(&calls)),
+        ("cost limit: `br_table` targets", component_of(&tables)),
+        (
+            "cost limit: locals updated inside the deepest loops, with back edges",
+            component_of(&[live(1)]),
+        ),
+    ];
+    all.push((
+        "beyond the cost limit by 64 (refused while parsing)",
+        component_of(&spread(
+            &[1, 1, 0x7f],
+            &[0x20, 0, 0x41, 1, 0x6a, 0x21, 0],
+            4,
+            costs::MAX_COMPILE_COST as usize + 128,
+        )),
+    ));
+    // The widest: as many such functions as the loop weight allows.
+    let per_function = (weight / depth / 2).min(locals) * depth * 2 + depth * depth;
+    let functions = (weight / per_function).max(1) as usize;
+    if functions > 1 {
+        all.push((
+            "cost limit: functions like the one above",
+            component_of(&vec![live(1); functions]),
+        ));
+    }
+    all
+}
+
+/// Compiles each costly module on a thread of its own (as a pool thread
+/// would), after the example rules; returns the table rows.
+async fn compile_costs(state: &AppState) -> Vec<(String, usize, f64, String)> {
+    let mut rows = Vec::new();
+    let mut modules = Vec::new();
+    for rule in [
+        "rule_member_discount",
+        "rule_flash_sale",
+        "rule_spend_threshold",
+        "rule_coupon",
+        "rule_points_offset",
+    ] {
+        let bytes = std::fs::read(format!("{DIR}/{rule}.wasm")).unwrap();
+        let c = bff::pricing::host::check_costs(&bytes).unwrap();
+        let what = format!(
+            "example `{rule}`: cost {}: {} functions, {} instructions, {} calls, \
+             largest body {} B, {} locals, loop depth {}, loop weight {}",
+            c.compile_cost(),
+            c.functions,
+            c.operators,
+            c.calls,
+            c.max_function_bytes,
+            c.max_locals,
+            c.max_loop_depth,
+            c.loop_local_weight
+        );
+        // Compiled from scratch, not from the cache of the running app.
+        modules.push((what, bytes));
+    }
+    modules.extend(costly_modules().into_iter().map(|(w, b)| (w.to_owned(), b)));
+    for (what, bytes) in modules {
+        let state = state.clone();
+        let size = bytes.len();
+        let (ms, outcome) = tokio::task::spawn_blocking(move || {
+            let host = state.pricing().registry().host();
+            let started = Instant::now();
+            let result = host.compile(&bytes);
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            (
+                ms,
+                match result {
+                    Ok(_) => "compiled".to_owned(),
+                    Err(e) => e.code().to_owned(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+        rows.push((what, size, ms, outcome));
+    }
+    rows
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is read.
     tokio::runtime::Builder::new_multi_thread()
@@ -253,6 +515,9 @@ async fn run() {
     settings.store.data_dir = data.path().to_path_buf();
     settings.rules.uploads_per_author_per_minute = 1_000;
     settings.rules.uploads_per_tenant_per_minute = 1_000;
+    // One member quotes in four loops: far beyond a member's request rate.
+    settings.admission.limits.member_per_sec = 100_000.0;
+    settings.admission.limits.member_burst = 100_000;
     let app = Application::build(settings).await.expect("app builds");
     let url = format!("http://127.0.0.1:{}", app.port());
     let auth = Authenticator::new(&app.state().settings().auth);
@@ -306,6 +571,9 @@ async fn run() {
         secs()
     );
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("compile") {
+        return limits(&state, &client, &intruder).await;
+    }
     let clean = phase(&client, &member, &cart, &expected, None).await;
 
     let spin = std::fs::read(format!("{DIR}/hostile_spin.wasm")).unwrap();
@@ -344,6 +612,16 @@ async fn run() {
             ms(&p.malls, 0.99)
         );
     }
+    println!(
+        "\nPool threads' priorities (samples every 100 ms): clean {:?}, under attack {:?}.",
+        clean.nice, attacked.nice
+    );
+    println!(
+        "\nCPU the process used: clean {:.1} s, under attack {:.1} s, of {} s.",
+        clean.cpu,
+        attacked.cpu,
+        secs()
+    );
     println!(
         "\nRatio under attack: quote p99 {:.2}×, malls p99 {:.2}×.",
         ms(&attacked.quotes, 0.99) / ms(&clean.quotes, 0.99).max(0.001),
@@ -414,4 +692,56 @@ async fn run() {
         took[2],
         took[4]
     );
+    limits(&state, &client, &intruder).await;
+}
+
+/// Parts 4 and 5: what the upload and time limits let through.
+async fn limits(state: &AppState, client: &Client, intruder: &str) {
+    println!(
+        "\n## The costliest modules the upload limits accept\n\n\
+         Compiled on one thread (as on the rule pool), without HTTP; each is a \
+         component embedding the module, refused after compiling for having \
+         no rule exports.\n"
+    );
+    println!("| module | bytes | compile ms | outcome |");
+    println!("|---|---|---|---|");
+    for (what, size, ms, outcome) in compile_costs(state).await {
+        println!("| {what} | {size} | {ms:.0} | {outcome} |");
+    }
+
+    // When a 1 ms limit stops a spinning rule.
+    let spin = std::fs::read(format!("{DIR}/hostile_spin.wasm")).unwrap();
+    let (_, up) = client.upload(intruder, spin).await;
+    println!("\n## A spinning rule's stop time by limit (dry runs, instantiation included)\n");
+    println!("| timeoutMs | runs | p50 ms | p99 ms | max ms | codes |");
+    println!("|---|---|---|---|---|---|");
+    for timeout in [1u64, 10, 50] {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        let mut codes: std::collections::BTreeMap<String, u32> = Default::default();
+        for _ in 0..100 {
+            let body = client
+                .graphql(
+                    Some(intruder),
+                    "query($i: TestRuleInput!) { testRule(input: $i) { failureCode durationMicros } }",
+                    json!({ "i": { "component": up["sha256"], "config": "",
+                        "limits": { "fuel": 1_000_000_000u64, "memoryBytes": 4 << 20,
+                            "timeoutMs": timeout, "maxInputBytes": 262144,
+                            "maxOutputBytes": 262144, "maxLogEntries": 64, "maxDiscount": 0 },
+                        "cart": { "lines": [ { "unitPrice": 100 } ] } } }),
+                )
+                .await;
+            let r = &body["data"]["testRule"];
+            *codes
+                .entry(r["failureCode"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+            h.record(r["durationMicros"].as_u64().unwrap_or(0)).ok();
+        }
+        println!(
+            "| {timeout} | {} | {:.2} | {:.2} | {:.2} | {codes:?} |",
+            h.len(),
+            ms(&h, 0.5),
+            ms(&h, 0.99),
+            h.max() as f64 / 1000.0
+        );
+    }
 }

@@ -275,6 +275,22 @@ pub struct RulesSettings {
     /// Longest a rule job may wait for a thread before it is refused as
     /// `ENGINE_BUSY`.
     pub queue_wait_ms: u64,
+    /// Nice value of the rule pool's threads (Linux, 0 to 19). 0: the
+    /// request threads' priority. Higher: every rule (quotes' too) gets
+    /// only the CPU that serving requests leaves. Rule deadlines count the
+    /// rule's own CPU time, so a low priority never counts against a rule.
+    pub pool_nice: i32,
+    /// A rule job that has run for `pool_demote_after_ms` of CPU drops to
+    /// the lowest priority (`SCHED_IDLE`, Linux: only CPU nothing else
+    /// wants) and pauses 4 ms after each millisecond it runs while other
+    /// tenants have work. Applied only when the process may move a thread
+    /// back up again (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows
+    /// `pool_nice`).
+    pub pool_demote_long_jobs: bool,
+    /// CPU time after which a running rule job drops to
+    /// the lowest priority (`pool_demote_long_jobs`), so ordinary rules' short
+    /// jobs keep the CPU before long-running ones.
+    pub pool_demote_after_ms: u64,
     /// Component uploads allowed per minute per rule author.
     pub uploads_per_author_per_minute: u32,
     /// Component uploads allowed per minute per tenant.
@@ -294,6 +310,9 @@ impl Default for RulesSettings {
             queue_limit: 512,
             tenant_queue_limit: 128,
             queue_wait_ms: 2_000,
+            pool_nice: 0,
+            pool_demote_long_jobs: true,
+            pool_demote_after_ms: 20,
             uploads_per_author_per_minute: 30,
             uploads_per_tenant_per_minute: 60,
         }
@@ -937,6 +956,12 @@ impl Settings {
                 "checkout.payment_ttl_secs, sweep_interval_ms and relay_interval_ms \
                  must be positive"
                     .into(),
+            ));
+        }
+        let rules = &self.rules;
+        if !(0..=19).contains(&rules.pool_nice) {
+            return Err(ConfigError::Inconsistent(
+                "rules.pool_nice must be 0 to 19".into(),
             ));
         }
         let admission = &self.admission;

@@ -4,7 +4,7 @@
 //! tick) and a memory cap. Everything the host copies out of a guest is
 //! bounded before it is copied.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -311,22 +311,28 @@ mod output {
 pub const MAX_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
 /// Largest memory a deployment may ask for.
 pub const MAX_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
-/// How often the time limit is checked.
+/// How often the epoch advances.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Epochs between two checks of an evaluation's time limit: every tick, so
+/// a rule stops within a tick of its limit, even at the smallest limit of
+/// 1 ms (the check costs one read of the thread's CPU clock).
+const CHECK_EVERY_TICKS: u64 = 1;
 /// Fuel one call of the `log` import costs (the host's work is not
 /// metered by instructions).
 const LOG_CALL_FUEL: u64 = 200;
 
 /// What an upload may declare, checked while parsing, before anything is
 /// compiled: compile time and memory grow with these, not with the size
-/// of the binary alone.
+/// of the binary alone. Set so that the costliest module they accept
+/// compiles in about a second on one thread (figures in the benchmark
+/// doc), while the example rules use a tenth of each or less.
 pub mod costs {
     /// Functions defined in all the modules of a component together.
-    pub const MAX_FUNCTIONS: u64 = 20_000;
+    pub const MAX_FUNCTIONS: u64 = 5_000;
     /// Bytes of one function's body.
-    pub const MAX_FUNCTION_BYTES: u32 = 512 * 1024;
+    pub const MAX_FUNCTION_BYTES: u32 = 64 * 1024;
     /// Locals of one function.
-    pub const MAX_LOCALS: u64 = 10_000;
+    pub const MAX_LOCALS: u64 = 1_000;
     /// Elements a table may start with.
     pub const MAX_TABLE_ELEMENTS: u64 = 20_000;
     /// Tables declared in all modules together.
@@ -338,6 +344,52 @@ pub mod costs {
     pub const MAX_ENTRIES: u64 = 20_000;
     /// Core modules and components nested in a component.
     pub const MAX_NESTED: u64 = 64;
+    /// Loops nested in one another.
+    pub const MAX_LOOP_DEPTH: u64 = 32;
+    /// What all function bodies together may cost to compile, in units of
+    /// about 2 µs of one thread (dev build; about 4× less in release): an
+    /// instruction costs [`INSTRUCTION_COST`] (each target of a `br_table`
+    /// too), a call [`CALL_COST`], and each access to a local
+    /// [`LOOP_LOCAL_COST`] per loop around it (the compiler gives every
+    /// loop a value for each local used inside it, so this is what grows
+    /// faster than the code). The example rules cost 130,000 to 170,000.
+    pub const MAX_COMPILE_COST: u64 = 500_000;
+    /// Compile cost of an instruction.
+    pub const INSTRUCTION_COST: u64 = 1;
+    /// Compile cost of a call (on top of its instruction): every register
+    /// is saved around it.
+    pub const CALL_COST: u64 = 19;
+    /// Compile cost of an access to a local, per loop around it.
+    pub const LOOP_LOCAL_COST: u64 = 13;
+}
+
+/// What an upload declares, as counted by [`check_costs`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Costs {
+    /// Functions defined.
+    pub functions: u64,
+    /// Instructions (and `br_table` targets).
+    pub operators: u64,
+    /// The largest function body, in bytes.
+    pub max_function_bytes: u64,
+    /// The most locals of one function.
+    pub max_locals: u64,
+    /// The deepest nesting of loops.
+    pub max_loop_depth: u64,
+    /// Accesses to locals weighted by the loops around them.
+    pub loop_local_weight: u64,
+    /// Calls.
+    pub calls: u64,
+}
+
+impl Costs {
+    /// What compiling the bodies costs, in the units of
+    /// [`costs::MAX_COMPILE_COST`].
+    pub fn compile_cost(&self) -> u64 {
+        self.operators * costs::INSTRUCTION_COST
+            + self.calls * costs::CALL_COST
+            + self.loop_local_weight * costs::LOOP_LOCAL_COST
+    }
 }
 
 /// One log entry a rule wrote.
@@ -385,6 +437,12 @@ impl Clock {
             (Some(start), Some(now)) => now.saturating_sub(start),
             _ => wall,
         };
+        self.verdict(cpu, wall)
+    }
+
+    /// Whether a rule that has run for `cpu` (its own CPU time) over `wall`
+    /// must stop.
+    fn verdict(&self, cpu: Duration, wall: Duration) -> Option<Stopped> {
         if cpu >= self.timeout {
             Some(Stopped::Rule)
         } else if wall >= self.backstop {
@@ -518,13 +576,16 @@ impl CompileError {
 }
 
 /// Refuses, while parsing and before anything is compiled, a binary that
-/// declares more than [`costs`] allows. Costs microseconds per kilobyte.
-pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
+/// declares more than [`costs`] allows; answers what it declares. Reads
+/// every instruction once (milliseconds per megabyte).
+pub fn check_costs(bytes: &[u8]) -> Result<Costs, CompileError> {
     use wasmparser::{Parser, Payload};
     if bytes.len() > MAX_COMPONENT_BYTES {
         return Err(CompileError::TooLarge(bytes.len()));
     }
-    let too = |what: String| Err(CompileError::TooComplex(what));
+    fn too<T>(what: String) -> Result<T, CompileError> {
+        Err(CompileError::TooComplex(what))
+    }
     let malformed =
         |e: wasmparser::BinaryReaderError| CompileError::Malformed(first_line(&e.to_string()));
     let entries = |what: &str, n: u32| {
@@ -535,6 +596,7 @@ pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
         }
     };
     let (mut functions, mut tables, mut memories, mut nested) = (0u64, 0u64, 0u64, 0u64);
+    let mut code = Costs::default();
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
             Payload::FunctionSection(r) => {
@@ -548,6 +610,7 @@ pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
             }
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len();
+                code.max_function_bytes = code.max_function_bytes.max(size as u64);
                 if size > costs::MAX_FUNCTION_BYTES as usize {
                     return too(format!(
                         "a function body of {size} bytes; the limit is {}",
@@ -565,6 +628,11 @@ pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
                         ));
                     }
                 }
+                code.max_locals = code.max_locals.max(locals);
+                code.scan(&body).map_err(|e| match e {
+                    CodeCost::Malformed(e) => malformed(e),
+                    CodeCost::Over(what) => CompileError::TooComplex(what),
+                })?;
             }
             Payload::TableSection(r) => {
                 for table in r {
@@ -608,7 +676,72 @@ pub fn check_costs(bytes: &[u8]) -> Result<(), CompileError> {
             _ => {}
         }
     }
-    Ok(())
+    code.functions = functions;
+    Ok(code)
+}
+
+enum CodeCost {
+    Malformed(wasmparser::BinaryReaderError),
+    Over(String),
+}
+
+impl Costs {
+    /// Counts one function body's instructions.
+    fn scan(&mut self, body: &wasmparser::FunctionBody<'_>) -> Result<(), CodeCost> {
+        use wasmparser::Operator;
+        let mut ops = body.get_operators_reader().map_err(CodeCost::Malformed)?;
+        // Open blocks, and whether each is a loop.
+        let mut frames: Vec<bool> = Vec::new();
+        let mut loops = 0u64;
+        while !ops.eof() {
+            let op = ops.read().map_err(CodeCost::Malformed)?;
+            self.operators += 1;
+            match op {
+                Operator::Loop { .. } => {
+                    frames.push(true);
+                    loops += 1;
+                    self.max_loop_depth = self.max_loop_depth.max(loops);
+                    if loops > costs::MAX_LOOP_DEPTH {
+                        return Err(CodeCost::Over(format!(
+                            "loops nested more than {} deep",
+                            costs::MAX_LOOP_DEPTH
+                        )));
+                    }
+                }
+                Operator::Block { .. }
+                | Operator::If { .. }
+                | Operator::TryTable { .. }
+                | Operator::Try { .. } => frames.push(false),
+                Operator::End | Operator::Delegate { .. } => {
+                    loops -= u64::from(frames.pop() == Some(true));
+                }
+                Operator::LocalGet { .. }
+                | Operator::LocalSet { .. }
+                | Operator::LocalTee { .. } => {
+                    self.loop_local_weight += loops;
+                }
+                Operator::BrTable { targets } => {
+                    self.operators += u64::from(targets.len());
+                }
+                Operator::Call { .. }
+                | Operator::CallIndirect { .. }
+                | Operator::CallRef { .. }
+                | Operator::ReturnCall { .. }
+                | Operator::ReturnCallIndirect { .. }
+                | Operator::ReturnCallRef { .. } => self.calls += 1,
+                _ => {}
+            }
+        }
+        let cost = self.compile_cost();
+        if cost > costs::MAX_COMPILE_COST {
+            return Err(CodeCost::Over(format!(
+                "compile cost {cost} or more; the limit is {} (instructions, calls, and \
+                 uses of locals inside loops)",
+                costs::MAX_COMPILE_COST
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A rule compiled and linked, ready to instantiate many times.
@@ -620,6 +753,14 @@ pub struct CompiledRule {
     pre: RulePre<Sandbox>,
     evaluate: ComponentExportIndex,
     check_config: ComponentExportIndex,
+    evaluations: AtomicU64,
+}
+
+impl CompiledRule {
+    /// How many times this process has called the rule's `evaluate`.
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -762,6 +903,10 @@ impl RuleHost {
             .consume_fuel(true)
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
+            // Compiling runs on the rule pool thread that took the upload
+            // (its priority, its tenant's slot), never on helper threads
+            // beside it.
+            .parallel_compilation(false)
             // Rules are synchronous: no concurrent-execution state per store.
             .concurrency_support(false)
             .memory_init_cow(true)
@@ -884,6 +1029,7 @@ impl RuleHost {
             pre,
             evaluate,
             check_config,
+            evaluations: AtomicU64::new(0),
         })
     }
 
@@ -927,6 +1073,7 @@ impl RuleHost {
         let result = if input_size(cart) + config.len() > limits.max_input_bytes as usize {
             Err(FailureReason::InputTooLarge)
         } else {
+            rule.evaluations.fetch_add(1, Ordering::Relaxed);
             match rule.pre.instance_pre().instantiate(&mut store) {
                 Ok(instance) => match instance.get_func(&mut store, rule.evaluate) {
                     Some(func) => {
@@ -977,11 +1124,13 @@ impl RuleHost {
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         // Fuel is enabled on the engine, so this cannot fail.
         let _ = store.set_fuel(limits.fuel);
-        store.set_epoch_deadline(1);
+        store.set_epoch_deadline(CHECK_EVERY_TICKS);
         store.epoch_deadline_callback(|mut cx| {
+            // A long-running job yields to other tenants' work here.
+            super::pool::pause_point();
             let sandbox = cx.data_mut();
             match sandbox.clock.check() {
-                None => Ok(UpdateDeadline::Continue(1)),
+                None => Ok(UpdateDeadline::Continue(CHECK_EVERY_TICKS)),
                 Some(stopped) => {
                     sandbox.stopped = Some(stopped);
                     Ok(UpdateDeadline::Interrupt)
@@ -1093,4 +1242,26 @@ fn output_size(outcome: &wit::Outcome) -> usize {
         .map(|h| h.code.len() + h.message.len() + 32)
         .sum();
     32 + lines + orders + points + hints
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smallest_time_limit_is_checked_every_millisecond_and_stops_at_one() {
+        // The limit is looked at on every check: at least once per
+        // millisecond of the rule's run.
+        assert!(EPOCH_TICK * CHECK_EVERY_TICKS as u32 <= Duration::from_millis(1));
+        let clock = Clock::start(1);
+        let ms = Duration::from_millis;
+        assert_eq!(clock.verdict(Duration::from_micros(999), ms(1)), None);
+        assert_eq!(clock.verdict(ms(1), ms(1)), Some(Stopped::Rule));
+        // Time the node did not give the rule is not the rule's: only the
+        // wall-clock backstop stops it, as the host's failure.
+        assert_eq!(clock.verdict(Duration::ZERO, ms(53)), None);
+        assert_eq!(clock.verdict(Duration::ZERO, ms(54)), Some(Stopped::Host));
+        // `timeoutMs: 0` is no limit-free rule: it is held to 1 ms too.
+        assert_eq!(Clock::start(0).verdict(ms(1), ms(1)), Some(Stopped::Rule));
+    }
 }

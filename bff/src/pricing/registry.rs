@@ -486,10 +486,14 @@ impl Registry {
                 )));
             }
         }
-        super::host::check_costs(&bytes)?;
         let bytes = Arc::new(bytes);
         if self.compiled.get(&sha).is_none() {
-            // Refused here, before anything is stored, if it is not a rule.
+            // Refused here, before anything is stored, if it is not a rule:
+            // on the pool, first for what it would cost to compile (the
+            // scan reads every instruction), then for what it is.
+            if bytes.len() > super::host::MAX_COMPONENT_BYTES {
+                return Err(CompileError::TooLarge(bytes.len()).into());
+            }
             let host = self.host.clone();
             let input = bytes.clone();
             let compiled = self

@@ -179,13 +179,15 @@ async fn a_spin_to_deadline_rule_under_load_leaves_the_other_tenants_prices_exac
     let token = intruder(&app);
     let (status, up) = upload(&app, Some(&token), wasm("hostile_spin")).await;
     assert_eq!(status, 201, "{up}");
-    // Fail-closed: never quarantined, so it spins on every quote.
+    // Fail-closed: never quarantined, so it spins on every quote. The
+    // deadline comes first: the most fuel lasts a spinning loop about
+    // 200 ms of CPU.
     let body = publish_as(
         &app,
         &token,
         json!({ "name": "spin", "component": up["sha256"], "config": "", "stage": "ORDER",
                 "activate": true, "failurePolicy": "FAIL_CLOSED",
-                "limits": limits(1_000_000_000, 4 << 20, 200) }),
+                "limits": limits(1_000_000_000, 4 << 20, 100) }),
     )
     .await;
     assert_eq!(body["data"]["publishRule"]["status"], "ACTIVE", "{body}");
@@ -532,4 +534,327 @@ async fn the_rule_pool_is_visible_in_the_metrics() {
         "{text}"
     );
     assert!(text.contains("bff_rule_pool_wait_seconds_bucket"));
+}
+
+/// The demo tenant's deployments: none quarantined, the five demo ones
+/// active (`extra` names deployments a test may have added).
+async fn none_quarantined(app: &TestApp) {
+    let (_, body) = app
+        .query("{ ruleDeployments { name status } }", Some(&author(app)))
+        .await;
+    let list = body["data"]["ruleDeployments"].as_array().unwrap();
+    assert!(list.len() >= 5, "{body}");
+    assert!(list.iter().all(|d| d["status"] != "QUARANTINED"), "{body}");
+    let active = list.iter().filter(|d| d["status"] == "ACTIVE").count();
+    assert_eq!(active, 5, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saturated_engine_is_busy_for_everyone_marks_prices_degraded_and_blames_no_rule() {
+    // One pool thread and room for one waiting job on the whole node: the
+    // other tenant's spinning rule, quoted in a loop, keeps both taken.
+    let app = spawn_app_with(|s| {
+        s.rules.batch_budget_ms = 10_000;
+        s.rules.pool_threads = 1;
+        s.rules.tenant_share = 1;
+        s.rules.queue_limit = 1;
+        s.rules.tenant_queue_limit = 1;
+    })
+    .await;
+    let (cart, before) = victim(&app).await;
+    let (status, member_rule) =
+        upload(&app, Some(&author(&app)), wasm("rule_member_discount")).await;
+    assert_eq!(status, 201, "{member_rule}");
+    let token = intruder(&app);
+    let (status, up) = upload(&app, Some(&token), wasm("hostile_spin")).await;
+    assert_eq!(status, 201, "{up}");
+    let body = publish_as(
+        &app,
+        &token,
+        json!({ "name": "spin", "component": up["sha256"], "config": "", "stage": "ORDER",
+                "activate": true, "failurePolicy": "FAIL_CLOSED",
+                "limits": limits(1_000_000_000, 4 << 20, 1000) }),
+    )
+    .await;
+    assert_eq!(body["data"]["publishRule"]["status"], "ACTIVE", "{body}");
+
+    let attacking = Arc::new(AtomicBool::new(true));
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let (app, attacking) = (app_clone(&app), attacking.clone());
+        attackers.push(tokio::spawn(async move {
+            while attacking.load(Ordering::Relaxed) {
+                if intruder_quote(&app).await == "ENGINE_BUSY" {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        }));
+    }
+
+    // The demo tenant's quotes: exact, or refused a slot and marked so.
+    let member = app.token("member-1");
+    let mut degraded = Vec::new();
+    for _ in 0..400 {
+        let now = quote_marked(&app, cart.clone(), Some(&member)).await;
+        if now["data"]["quote"]["degraded"] == true {
+            degraded.push(now);
+            if degraded.len() == 8 {
+                break;
+            }
+        } else {
+            assert_eq!(now, before, "an unmarked quote changed");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // More busy quotes than it takes to quarantine a failing rule.
+    assert_eq!(degraded.len(), 8, "the engine was never saturated");
+    let expected = &before["data"]["quote"];
+    for marked in &degraded {
+        let q = &marked["data"]["quote"];
+        assert!(marked["errors"].is_null(), "{marked}");
+        let skipped = q["skippedRules"].as_array().unwrap();
+        assert!(!skipped.is_empty(), "{marked}");
+        assert!(
+            skipped.iter().all(|s| s["code"] == "ENGINE_BUSY"),
+            "{marked}"
+        );
+        // Every rule skipped: the list price, no discount, nothing applied.
+        assert_eq!(q["subtotal"], expected["subtotal"], "{marked}");
+        assert_eq!(q["payable"], q["subtotal"], "{marked}");
+        assert_eq!(q["discount"]["amount"], 0, "{marked}");
+        assert_eq!(q["appliedDetail"], json!([]), "{marked}");
+    }
+
+    // Checkout never charges a price computed without every rule.
+    let mut refused = false;
+    for n in 0..100 {
+        let (_, body) = app
+            .query_vars(
+                "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id payable { amount } } } }",
+                json!({ "i": { "cart": cart, "idempotencyKey": format!("busy-{n}") } }),
+                Some(&member),
+            )
+            .await;
+        if codes(&body) == ["PRICE_DEGRADED"] {
+            assert_eq!(body.get("data"), Some(&Value::Null), "{body}");
+            refused = true;
+            break;
+        }
+        // An order that found a slot was priced with every rule.
+        assert!(body["errors"].is_null(), "{body}");
+        assert_eq!(
+            body["data"]["checkout"]["order"]["payable"], expected["payable"],
+            "{body}"
+        );
+    }
+    assert!(refused, "checkout never met the saturated engine");
+
+    // Administrative work is refused with a clear code.
+    let mut busy = false;
+    for n in 0..100 {
+        let (_, body) = app
+            .query_vars(
+                "mutation($i: PublishRuleInput!) { publishRule(input: $i) { name } }",
+                json!({ "i": { "name": format!("probe-{n}"), "component": member_rule["sha256"],
+                    "config": "{\"levels\":{\"gold\":500}}", "stage": "ITEM" } }),
+                Some(&author(&app)),
+            )
+            .await;
+        if codes(&body) == ["ENGINE_BUSY"] {
+            busy = true;
+            break;
+        }
+        assert!(body["errors"].is_null(), "{body}");
+    }
+    assert!(busy, "publishing never met the saturated engine");
+
+    attacking.store(false, Ordering::Relaxed);
+    for a in attackers {
+        a.await.unwrap();
+    }
+    // The host's failure is nobody's: every demo deployment is active and
+    // prices exactly as before once the engine has room.
+    none_quarantined(&app).await;
+    let mut now = quote_marked(&app, cart.clone(), Some(&member)).await;
+    for _ in 0..100 {
+        if now == before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        now = quote_marked(&app, cart.clone(), Some(&member)).await;
+    }
+    assert_eq!(now, before);
+}
+
+/// `bytes` with a custom section of its own: a component no other test
+/// shares, so its counters are this test's alone.
+fn unique(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
+    let nonce = format!(
+        "{tag}-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let mut body = vec![nonce.len() as u8];
+    body.extend(nonce.as_bytes());
+    bytes.push(0);
+    bytes.push(body.len() as u8);
+    bytes.extend(body);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_evaluates_the_rule_exactly_once() {
+    let app = app().await;
+    let token = intruder(&app);
+    let (status, up) = upload(
+        &app,
+        Some(&token),
+        unique(wasm("rule_member_discount"), "dry-run-once"),
+    )
+    .await;
+    assert_eq!(status, 201, "{up}");
+    let sha = up["sha256"].as_str().unwrap();
+    let compiled = app
+        .state
+        .pricing()
+        .registry()
+        .component_for("other", sha)
+        .await
+        .unwrap();
+    assert_eq!(compiled.evaluations(), 0);
+    let r = test_rule(
+        &app,
+        &token,
+        json!({ "component": sha, "config": "{\"levels\":{\"gold\":500}}",
+                "cart": { "member": { "level": "gold" },
+                          "lines": [ { "id": "a", "unitPrice": 10000, "quantity": 2 } ] } }),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(compiled.evaluations(), 1);
+    // A failing dry run too.
+    let r = test_rule(
+        &app,
+        &token,
+        json!({ "component": sha, "config": "not json",
+                "cart": { "lines": [ { "unitPrice": 100 } ] } }),
+    )
+    .await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(compiled.evaluations(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_millisecond_limit_stops_a_spinning_rule_as_its_own_deadline() {
+    let app = app().await;
+    let token = intruder(&app);
+    let (status, up) = upload(&app, Some(&token), wasm("hostile_spin")).await;
+    assert_eq!(status, 201, "{up}");
+    let r = test_rule(
+        &app,
+        &token,
+        json!({ "component": up["sha256"], "config": "",
+                "limits": limits(1_000_000_000, 4 << 20, 1),
+                "cart": { "lines": [ { "unitPrice": 100 } ] } }),
+    )
+    .await;
+    assert_eq!(r["failureCode"], "DEADLINE_EXCEEDED", "{r}");
+}
+
+/// A core module of the given function bodies (each: its locals and
+/// instructions, without the final `end`), all of type `() -> ()`.
+fn core_module(bodies: &[Vec<u8>]) -> Vec<u8> {
+    fn leb(mut n: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, vec![1, 0x60, 0, 0], &mut module);
+    let mut functions = Vec::new();
+    leb(bodies.len() as u32, &mut functions);
+    functions.extend(std::iter::repeat_n(0u8, bodies.len()));
+    section(3, functions, &mut module);
+    let mut code = Vec::new();
+    leb(bodies.len() as u32, &mut code);
+    for body in bodies {
+        leb(body.len() as u32 + 1, &mut code);
+        code.extend(body);
+        code.push(0x0b);
+    }
+    section(10, code, &mut module);
+    module
+}
+
+/// A body of one i32 local: `depth` nested loops around `uses` reads of it.
+fn looped_reads(depth: usize, uses: usize) -> Vec<u8> {
+    let mut body = vec![1, 1, 0x7f];
+    body.extend([0x03, 0x40].repeat(depth));
+    body.extend([0x20, 0x00, 0x1a].repeat(uses));
+    body.extend([0x0b].repeat(depth));
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modules_just_beyond_the_compile_cost_limits_are_refused_with_their_code() {
+    use bff::pricing::host::costs;
+    let app = spawn_app_with(|s| s.rules.uploads_per_author_per_minute = 1_000).await;
+    let token = intruder(&app);
+    let depth = costs::MAX_LOOP_DEPTH as usize;
+    let max = costs::MAX_COMPILE_COST as usize;
+    // Reads of a local inside the deepest loops: the most such a body can
+    // hold within the compile cost.
+    let reads = max / (costs::LOOP_LOCAL_COST as usize * depth);
+    // A function body is at most 64 KiB, so the nops are spread.
+    let nops = |n: usize| {
+        let mut bodies = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let here = left.min(60_000);
+            let mut body = vec![0];
+            body.extend(std::iter::repeat_n(0x01, here));
+            bodies.push(body);
+            left -= here;
+        }
+        core_module(&bodies)
+    };
+    let over = [
+        ("loops nested", core_module(&[looped_reads(depth + 1, 1)])),
+        (
+            "compile cost",
+            core_module(&[looped_reads(depth, reads + 1)]),
+        ),
+        // Each body also ends in an `end`: one instruction more apiece.
+        ("compile cost", nops(max)),
+    ];
+    for (what, module) in over {
+        let (status, body) = upload(&app, Some(&token), module).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert_eq!(codes(&body), ["COMPONENT_TOO_COMPLEX"], "{what}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(what), "{what}: {message}");
+    }
+    // At the limits: not refused for their cost (they are no rules, so
+    // they are refused for that).
+    let at = [
+        core_module(&[looped_reads(depth, 1)]),
+        core_module(&[looped_reads(depth, reads * 9 / 10)]),
+        nops(max - 64),
+    ];
+    for module in at {
+        let (status, body) = upload(&app, Some(&token), module).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(codes(&body), ["WRONG_WORLD"], "{body}");
+    }
 }
