@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::cache::Caches;
-use crate::checkout::api::QuotePricer;
+use crate::checkout::pricer::QuotePricer;
 use crate::checkout::{Checkout, CheckoutSettings};
 use crate::config::Settings;
 use crate::demo::orders::RunningOrderService;

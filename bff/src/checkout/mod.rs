@@ -24,6 +24,7 @@ pub mod api;
 mod error;
 pub mod model;
 mod payments;
+pub mod pricer;
 mod sweeper;
 
 use std::collections::HashSet;
