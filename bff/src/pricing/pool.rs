@@ -16,7 +16,8 @@
 //!
 //! A job that has run longer than ordinary rules do (20 ms of CPU by
 //! default) drops to the lowest OS scheduling priority (`SCHED_IDLE`, Linux;
-//! where the process may raise a thread's priority back) and pauses for 4 ms
+//! where the process may raise a thread's priority back) and, everywhere,
+//! pauses for 4 ms
 //! after each millisecond it runs while another tenant has work: a tenant's
 //! spinning rules get a fifth of a CPU at most while others need it, and
 //! slow its own work, not the node's requests nor other tenants' prices.
@@ -373,7 +374,8 @@ impl RulePool {
             tracing::warn!(
                 nice = config.nice,
                 "the process may not raise a thread's priority back (CAP_SYS_NICE or \
-                 RLIMIT_NICE): long-running rule jobs keep the pool's priority"
+                 RLIMIT_NICE): long-running rule jobs keep the pool's priority and are \
+                 only paused while other tenants have work"
             );
         }
         for n in 0..config.threads {
@@ -389,11 +391,14 @@ impl RulePool {
                     WORKER.with(|w| *w.borrow_mut() = None);
                 })?;
         }
-        if switch_nice {
+        // Long jobs are marked (and so paused while others have work)
+        // wherever the pool is asked to; their priority drops only where it
+        // can be raised back for the next job.
+        if config.demote_long_jobs {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("rule-demoter".into())
-                .spawn(move || demoter(&shared))?;
+                .spawn(move || demoter(&shared, switch_nice))?;
         }
         Ok(Self {
             _stop: Arc::new(Stop(shared.clone())),
@@ -553,9 +558,10 @@ fn set_priority_of(tid: i32, low: bool, nice: i32) -> bool {
     }
 }
 
-/// Moves every job that has run longer than `demote_after` to the lowest
-/// priority, looking every few milliseconds.
-fn demoter(shared: &Shared) {
+/// Marks every job that has run longer than `demote_after` as demoted (it
+/// then pauses while other tenants have work) and, with `switch_priority`,
+/// moves it to the lowest priority; looks every few milliseconds.
+fn demoter(shared: &Shared, switch_priority: bool) {
     let config = shared.config;
     loop {
         std::thread::sleep(Duration::from_millis(5));
@@ -568,7 +574,7 @@ fn demoter(shared: &Shared) {
         for run in state.running.iter_mut().flatten() {
             if !run.demoted && run.cpu_so_far() > config.demote_after {
                 run.demoted = true;
-                if let Some(tid) = run.thread {
+                if switch_priority && let Some(tid) = run.thread {
                     set_priority_of(tid, true, config.nice);
                 }
             }
