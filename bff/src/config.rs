@@ -486,7 +486,7 @@ impl Default for RetrySettings {
     fn default() -> Self {
         Self {
             max_retries: 3,
-            min_delay_ms: 2,
+            min_delay_ms: 1,
             max_delay_ms: 50,
             budget_ratio: 0.25,
             budget_min_per_sec: 5,
