@@ -328,39 +328,9 @@ async fn a_log_flood_is_read_only_up_to_the_bound_and_charged_as_fuel() {
     assert!(rss_bytes().saturating_sub(rss_before) < 256 << 20);
 }
 
-/// A core module of `count` empty functions, built by hand.
+/// A core module of `count` empty functions (no locals).
 fn many_functions(count: u32) -> Vec<u8> {
-    fn leb(mut n: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
-        out.push(id);
-        leb(body.len() as u32, out);
-        out.extend(body);
-    }
-    let mut module = b"\0asm\x01\0\0\0".to_vec();
-    // One type: () -> ().
-    section(1, vec![1, 0x60, 0, 0], &mut module);
-    let mut functions = Vec::new();
-    leb(count, &mut functions);
-    functions.extend(std::iter::repeat_n(0u8, count as usize));
-    section(3, functions, &mut module);
-    let mut code = Vec::new();
-    leb(count, &mut code);
-    for _ in 0..count {
-        // Body: 2 bytes, no locals, `end`.
-        code.extend([2, 0, 0x0b]);
-    }
-    section(10, code, &mut module);
-    module
+    core_module(&vec![vec![0u8]; count as usize])
 }
 
 #[tokio::test(flavor = "multi_thread")]
