@@ -303,7 +303,7 @@ impl Checkout {
             ));
         }
         let scope = Scope::new(req.tenant.clone(), cart.mall.clone());
-        let mut lines = self.stock_lines(&scope, req).await?;
+        let mut lines = self.stock_lines(&scope, req, &priced.products).await?;
         let id = order_id(req)?;
         let now = now_ms();
         let nothing_to_hold =
@@ -370,7 +370,7 @@ impl Checkout {
                 Err(CreateRefusal::UnknownSku(_)) if !redefined => {
                     redefined = true;
                     self.forget_defined(&scope, req);
-                    lines = self.stock_lines(&scope, req).await?;
+                    lines = self.stock_lines(&scope, req, &priced.products).await?;
                 }
                 Err(refusal) => return Err(refusal_error(refusal)),
             }
@@ -401,22 +401,28 @@ impl Checkout {
 
     /// The stock lines of the cart, each SKU's counter defined from the
     /// product service on first sight (flash-sale stock and limit for a
-    /// flash-sale SKU).
+    /// flash-sale SKU). `priced`: the products as the pricer read them, if
+    /// it passed them on; otherwise they are read here.
     async fn stock_lines(
         &self,
         scope: &Scope,
         req: &CheckoutRequest,
+        priced: &[crate::product::Product],
     ) -> Result<Vec<StockLine>, CheckoutError> {
         if req.cart.items.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<_> = req.cart.items.iter().map(|i| i.product.clone()).collect();
-        let products = self
-            .inner
-            .upstreams
-            .product
-            .products_by_ids(&req.tenant, &ids)
-            .await?;
+        let products: std::collections::HashMap<ProductId, crate::product::Product> =
+            if ids.iter().all(|id| priced.iter().any(|p| &p.id == id)) {
+                priced.iter().map(|p| (p.id.clone(), p.clone())).collect()
+            } else {
+                self.inner
+                    .upstreams
+                    .product
+                    .products_by_ids(&req.tenant, &ids)
+                    .await?
+            };
         let mut lines = Vec::with_capacity(ids.len());
         for item in &req.cart.items {
             let product = products

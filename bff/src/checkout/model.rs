@@ -151,10 +151,14 @@ pub struct PricedLine {
 }
 
 /// A priced cart: what the quote shows for the same cart.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PricedCart {
     /// Lines (empty for pay-the-bill).
     pub lines: Vec<PricedLine>,
+    /// The products as the pricer read them (empty for pay-the-bill, or
+    /// when the pricer does not pass them on): the checkout defines stock
+    /// from this same read instead of asking the product service again.
+    pub products: Vec<crate::product::Product>,
     /// Before discounts.
     pub subtotal: Money,
     /// Every discount, points included.

@@ -87,22 +87,26 @@ impl CartPricer for QuotePricer {
             .quote_cart(&sources, &request)
             .await
             .map_err(refusal)?;
-        let lines = if cart.bill_amount.is_some() {
-            Vec::new()
+        let (lines, products) = if cart.bill_amount.is_some() {
+            (Vec::new(), Vec::new())
         } else {
             quote
                 .lines
                 .iter()
-                .map(|line| PricedLine {
-                    product: line.product.id.clone(),
-                    quantity: line.quantity,
-                    amount: line.payable,
+                .map(|line| {
+                    let priced = PricedLine {
+                        product: line.product.id.clone(),
+                        quantity: line.quantity,
+                        amount: line.payable,
+                    };
+                    (priced, line.product.clone())
                 })
-                .collect()
+                .unzip()
         };
         let discount = Money::from_minor(quote.discount.minor() + quote.points_amount.minor())?;
         Ok(PricedCart {
             lines,
+            products,
             subtotal: quote.subtotal,
             discount,
             points_used: quote.points_used,

@@ -249,3 +249,18 @@ async fn a_sale_that_is_not_open_yet_sells_nothing_and_has_nothing_remaining() {
         "{open}"
     );
 }
+
+#[tokio::test]
+async fn a_checkout_reads_its_products_once_for_its_price_and_its_stock() {
+    let app = spawn_app().await;
+    let before = app.calls("product", "products.batch");
+    let body = buy(&app, "member-1", "sku-flash-1", 1, "reads-once").await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    assert_eq!(
+        body["data"]["checkout"]["order"]["status"],
+        "AWAITING_PAYMENT"
+    );
+    assert_eq!(app.calls("product", "products.batch") - before, 1);
+    // The stock it defined is the flash sale's, from that same read.
+    assert_eq!(remaining(&app, "sku-flash-1").await, 99);
+}
