@@ -408,6 +408,34 @@ fn start_bff_with(
     (proc, format!("http://127.0.0.1:{port}"))
 }
 
+/// The BFF binary of an earlier commit, with the settings it knew (its
+/// settings refuse unknown keys): malls and stores cached in-process, the
+/// demo rules off, like the `Cache::Reference` row.
+fn start_before(bin: &str, upstreams: &str) -> (Proc, String) {
+    let port = free_port();
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut proc = spawn(
+        Command::new(bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("BFF_LOG__FILTER", "warn")
+            .env("BFF_CACHE__REFERENCE_TTL_SECS", "60")
+            .env("BFF_UPSTREAMS__MALL__BASE_URL", format!("{upstreams}/mall"))
+            .env(
+                "BFF_UPSTREAMS__MEMBER__BASE_URL",
+                format!("{upstreams}/member"),
+            )
+            .env(
+                "BFF_UPSTREAMS__PRODUCT__BASE_URL",
+                format!("{upstreams}/product"),
+            )
+            .env("BFF_GRAPHQL__DATALOADER_DELAY_US", "0")
+            .env("BFF_STORE__DATA_DIR", data.path())
+            .env("BFF_RULES__DEMO_DEPLOYMENTS", "false"),
+    );
+    proc.1 = Some(data);
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--baseline") {
@@ -726,6 +754,30 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
     let mut calls = Vec::new();
     let mut rps = Vec::new();
     let namespace = |what: &str| format!("bench-{what}-{}-{}", std::process::id(), free_port());
+    // The card as it was before the read-path work (its binary built from
+    // that commit, see the benchmark doc), on the same upstreams.
+    let before = match std::env::var("BENCH_BEFORE_BFF") {
+        Ok(bin) => {
+            let (bff, url) = start_before(&bin, &up_url);
+            wait_up(&format!("{url}/healthz")).await;
+            let target = Target::graphql(&url, token, card_body.clone(), bff.pid());
+            assert!(
+                send(&reqwest::Client::new(), &target).await,
+                "the card renders on the earlier binary"
+            );
+            let stats = closed_loop(&target, conns, secs).await;
+            println!(
+                "{}",
+                row(
+                    "the card before (earlier binary, malls and stores in-process)",
+                    &stats,
+                    peak_rss_mib(target.pid)
+                )
+            );
+            Some(stats.rps)
+        }
+        Err(_) => None,
+    };
     for (name, mode) in [
         ("cache off", Cache::Off),
         ("reference cache (malls, stores; before)", Cache::Reference),
@@ -771,6 +823,12 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
         rps[3] / rps[1],
         rps[3] / rps[0]
     );
+    if let Some(before) = before {
+        println!(
+            "Warm card throughput, two-level cache (L1 + L2) / the card before (earlier binary): **{:.2}×**\n",
+            rps[3] / before
+        );
+    }
 
     // A node whose L1 is empty but whose L2 is warm: what a new or restarted
     // node pays for its first card.

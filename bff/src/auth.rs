@@ -131,7 +131,26 @@ pub struct Authenticator {
     ttl: Duration,
     max_lifetime: u64,
     leeway: u64,
+    /// Tokens whose signature and claims were checked, by their exact
+    /// text: an app sends the same token with every request, and checking
+    /// its HMAC is a visible share of a small request's CPU. Only the time
+    /// window is checked again on a hit.
+    verified: moka::sync::Cache<Box<str>, Verified>,
 }
+
+/// A token that passed every check, and its time window.
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    nbf: Option<u64>,
+    exp: u64,
+}
+
+/// Verified tokens kept, and for how long at most.
+const VERIFIED_TOKENS: u64 = 65_536;
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Longer texts are verified every time (a token is a few hundred bytes).
+const MAX_CACHED_TOKEN: usize = 2048;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +184,10 @@ impl Authenticator {
             ttl: Duration::from_secs(settings.token_ttl_secs),
             max_lifetime: settings.max_token_lifetime_secs,
             leeway: settings.leeway_secs,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         }
     }
 
@@ -198,6 +221,33 @@ impl Authenticator {
 
     /// Verifies a token and returns who it speaks for.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(known) = self.verified.get(token) {
+            // The same checks as `jsonwebtoken`'s, with the same leeway;
+            // outside its window the token is checked in full again (and
+            // refused with the precise reason).
+            let now = now();
+            let started = known.nbf.is_none_or(|nbf| nbf <= now + self.leeway);
+            let unexpired = known.exp >= now.saturating_sub(self.leeway);
+            if started && unexpired {
+                return Ok(known.principal);
+            }
+        }
+        let (principal, nbf, exp) = self.verify_in_full(token)?;
+        if token.len() <= MAX_CACHED_TOKEN {
+            self.verified.insert(
+                token.into(),
+                Verified {
+                    principal: principal.clone(),
+                    nbf,
+                    exp,
+                },
+            );
+        }
+        Ok(principal)
+    }
+
+    /// Checks a token's signature and claims.
+    fn verify_in_full(&self, token: &str) -> Result<(Principal, Option<u64>, u64), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -211,7 +261,7 @@ impl Authenticator {
         if claims.exp.saturating_sub(start) > self.max_lifetime.saturating_add(self.leeway) {
             return Err(AuthError::TooLongLived);
         }
-        Ok(match claims.role {
+        let principal = match claims.role {
             Role::Member => Principal::Member {
                 tenant: claims.tenant,
                 member: MemberId::parse(claims.sub)
@@ -222,7 +272,8 @@ impl Authenticator {
                 role,
                 subject: claims.sub,
             },
-        })
+        };
+        Ok((principal, claims.nbf, claims.exp))
     }
 }
 
@@ -328,6 +379,55 @@ mod tests {
             a.issue(&tenant, "member-1", Role::Member, Some(too_long)),
             Err(AuthError::TooLongLived)
         ));
+    }
+
+    #[test]
+    fn a_token_verified_before_is_refused_once_it_expires() {
+        // No leeway: the token is good for one more second.
+        let a = Authenticator::new(&AuthSettings {
+            leeway_secs: 0,
+            ..AuthSettings::default()
+        });
+        let t = now();
+        let token = signed(&a, t, t + 1, None);
+        assert!(a.verify(&token).is_ok());
+        assert!(a.verify(&token).is_ok(), "a known token stays good");
+        std::thread::sleep(Duration::from_millis(2_100));
+        assert!(matches!(a.verify(&token), Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn a_known_token_changed_by_one_character_is_checked_and_refused() {
+        let a = auth();
+        let t = now();
+        let token = signed(&a, t, t + 3600, None);
+        assert!(a.verify(&token).is_ok());
+        // Flip the last character of the signature.
+        let mut forged = token.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(matches!(a.verify(&forged), Err(AuthError::Invalid(_))));
+        // And a payload swapped under the known signature.
+        let other = signed(&a, t, t + 7200, None);
+        let (head, _) = other.rsplit_once('.').unwrap();
+        let (_, sig) = token.rsplit_once('.').unwrap();
+        let spliced = format!("{head}.{sig}");
+        assert!(matches!(a.verify(&spliced), Err(AuthError::Invalid(_))));
+        assert!(a.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn a_token_refused_as_not_yet_valid_is_not_remembered_as_good() {
+        let a = Authenticator::new(&AuthSettings {
+            leeway_secs: 0,
+            ..AuthSettings::default()
+        });
+        let t = now();
+        let early = signed(&a, t, t + 3600, Some(t + 2));
+        assert!(matches!(a.verify(&early), Err(AuthError::NotYetValid)));
+        assert!(matches!(a.verify(&early), Err(AuthError::NotYetValid)));
+        std::thread::sleep(Duration::from_millis(3_100));
+        assert!(a.verify(&early).is_ok());
     }
 
     #[test]

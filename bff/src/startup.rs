@@ -22,7 +22,7 @@ use crate::demo::{DemoUpstreams, Service, ServiceControl};
 use crate::domain::TenantId;
 use crate::graphql::complete::Shape;
 use crate::graphql::persisted::PersistedQueries;
-use crate::graphql::{BffSchema, Catalog, DocumentCache, build_schema};
+use crate::graphql::{BffSchema, Catalog, DocumentCache, Schemas, ValidationCache};
 use crate::http::admission::Admission;
 use crate::metrics::Metrics;
 use crate::outbox::Relay;
@@ -43,7 +43,8 @@ pub struct AppState {
 
 struct Inner {
     settings: Settings,
-    schema: BffSchema,
+    schemas: Schemas,
+    validations: ValidationCache,
     upstreams: Arc<Upstreams>,
     authenticator: Authenticator,
     metrics: Metrics,
@@ -66,7 +67,16 @@ impl AppState {
     }
     /// The GraphQL schema.
     pub fn schema(&self) -> &BffSchema {
-        &self.inner.schema
+        &self.inner.schemas.strict
+    }
+    /// The GraphQL schema for requests that passed validation before (see
+    /// [`ValidationCache`]).
+    pub fn known_schema(&self) -> &BffSchema {
+        &self.inner.schemas.known
+    }
+    /// Requests known to pass validation.
+    pub fn validations(&self) -> &ValidationCache {
+        &self.inner.validations
     }
     /// The upstream clients.
     pub fn upstreams(&self) -> &Upstreams {
@@ -212,8 +222,9 @@ impl Application {
                 tracing::info!(tenant, "installed the demo promotion deployments");
             }
         }
-        let schema = build_schema(&settings.graphql);
-        let shape = Shape::from_sdl(&schema.sdl())?;
+        let schemas = Schemas::new(&settings.graphql);
+        let validations = ValidationCache::new(settings.graphql.document_cache_bytes);
+        let shape = Shape::from_sdl(&schemas.strict.sdl())?;
         let persisted = PersistedQueries::new(
             settings.graphql.apq,
             Duration::from_secs(settings.graphql.apq_ttl_secs),
@@ -267,7 +278,8 @@ impl Application {
                 checkout,
                 payments,
                 store,
-                schema,
+                schemas,
+                validations,
                 shape,
                 persisted,
                 upstreams,

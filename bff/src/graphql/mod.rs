@@ -131,8 +131,115 @@ impl DocumentCache {
     }
 }
 
+/// Requests known to pass every validation rule: the exact query text,
+/// operation name and variables of a request that executed before.
+///
+/// Validation is a pure function of the schema, the document, the
+/// operation and the variables, and it is a large share of a card's CPU
+/// (every rule visits the whole document, twice). A request seen before
+/// runs on a schema that keeps only the checks whose answer matters again
+/// (complexity, depth, fragment cycles); everything else it would find
+/// was found not to be there. Variables are part of the key, so a request
+/// differing in any value is validated in full.
+#[derive(Clone)]
+pub struct ValidationCache {
+    cache: Option<moka::sync::Cache<ValidationKey, ()>>,
+}
+
+/// What validation depends on, besides the schema.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ValidationKey {
+    query: Arc<str>,
+    operation: Option<String>,
+    variables: String,
+}
+
+/// Variables larger than this (as JSON) are validated every time: keys
+/// stay small.
+const MAX_CACHED_VARIABLES: usize = 4 * 1024;
+
+impl ValidationCache {
+    /// Remembers up to about `bytes` of request keys (0: validate every
+    /// request in full).
+    pub fn new(bytes: u64) -> Self {
+        let cache = (bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                // The query text is shared with the document cache; count
+                // it anyway, so the bound holds on its own.
+                .weigher(|k: &ValidationKey, _: &()| {
+                    let len = k.query.len()
+                        + k.variables.len()
+                        + k.operation.as_ref().map_or(0, String::len)
+                        + 64;
+                    u32::try_from(len).unwrap_or(u32::MAX)
+                })
+                .build()
+        });
+        Self { cache }
+    }
+
+    /// The key of a request; `None` when it is not cached (cache off,
+    /// large variables).
+    pub fn key(
+        &self,
+        query: &Arc<str>,
+        operation: Option<&str>,
+        variables: &async_graphql::Variables,
+    ) -> Option<ValidationKey> {
+        self.cache.as_ref()?;
+        let variables = serde_json::to_string(variables).ok()?;
+        (variables.len() <= MAX_CACHED_VARIABLES).then(|| ValidationKey {
+            query: query.clone(),
+            operation: operation.map(str::to_owned),
+            variables,
+        })
+    }
+
+    /// Whether a request with this key passed validation before.
+    pub fn passed(&self, key: &ValidationKey) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.contains_key(key))
+    }
+
+    /// Records that a request with this key passed validation.
+    pub fn remember(&self, key: ValidationKey) {
+        if let Some(cache) = &self.cache {
+            cache.insert(key, ());
+        }
+    }
+}
+
+/// The schema twice: validating with every rule, and with only the checks
+/// that matter for a request that passed them all before (see
+/// [`ValidationCache`]).
+#[derive(Clone)]
+pub struct Schemas {
+    /// Every validation rule.
+    pub strict: BffSchema,
+    /// Complexity, depth and fragment cycles only.
+    pub known: BffSchema,
+}
+
+impl Schemas {
+    /// Both schemas with the configured limits.
+    pub fn new(settings: &GraphqlSettings) -> Self {
+        Self {
+            strict: build_schema(settings),
+            known: schema_builder(settings)
+                .validation_mode(async_graphql::ValidationMode::Fast)
+                .finish(),
+        }
+    }
+}
+
 /// Builds the schema with the configured limits.
 pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
+    schema_builder(settings).finish()
+}
+
+fn schema_builder(
+    settings: &GraphqlSettings,
+) -> async_graphql::SchemaBuilder<Query, Mutation, EmptySubscription> {
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         // The configured depth applies to the product's fields (checked in
         // `limits::parse`); this is the ceiling for introspection.
@@ -143,7 +250,7 @@ pub fn build_schema(settings: &GraphqlSettings) -> BffSchema {
     if settings.introspection != Some(true) {
         builder = builder.disable_introspection();
     }
-    builder.finish()
+    builder
 }
 
 /// The SDL of the public schema (what `bff schema` prints).
@@ -323,14 +430,13 @@ impl Loaders {
         }
     }
 
-    /// Feeds products fetched by a list call into the product cache and,
-    /// when the client selected their stores, fetches all those stores in
-    /// one call now, so per-item `store` lookups hit the cache instead of
-    /// depending on batching timing.
-    pub async fn prime(&self, products: &[&Product], with_stores: bool) {
-        self.products
-            .feed_many(products.iter().map(|p| (p.id.clone(), (*p).clone())))
-            .await;
+    /// When the client selected the stores of listed products, fetches
+    /// all those stores in one call now, so per-item `store` lookups hit
+    /// the cache instead of depending on batching timing. (Listed products
+    /// are not fed to the product loader: they are display data from the
+    /// catalogue cache, and what reads that loader — quotes — prices from
+    /// the product service itself.)
+    pub async fn prime_stores(&self, products: &[&Product], with_stores: bool) {
         if with_stores {
             let mut ids: Vec<StoreId> = products.iter().map(|p| p.store_id.clone()).collect();
             ids.sort_unstable();

@@ -38,10 +38,10 @@ pub struct HomeCard {
     recommended: Part<Vec<Product>>,
 }
 
-fn part<T: Clone>(part: &Part<T>) -> Result<Option<T>> {
+fn part<T>(part: &Part<T>) -> Result<Option<&T>> {
     match part {
         None => Ok(None),
-        Some(Ok(value)) => Ok(Some(value.clone())),
+        Some(Ok(value)) => Ok(Some(value)),
         Some(Err(err)) => Err(ApiError::Upstream(err.clone()).into()),
     }
 }
@@ -56,23 +56,23 @@ impl HomeCard {
         &self.mall
     }
     /// The asking member; null without a member token.
-    async fn member(&self) -> Result<Option<Member>> {
-        Ok(part(&self.member)?.flatten())
+    async fn member(&self) -> Result<Option<&Member>> {
+        Ok(part(&self.member)?.and_then(Option::as_ref))
     }
     /// Products on flash sale in this mall now or soon.
-    async fn flash_sale(&self) -> Result<Option<Vec<Product>>> {
-        part(&self.flash_sale)
+    async fn flash_sale(&self) -> Result<Option<&[Product]>> {
+        Ok(part(&self.flash_sale)?.map(Vec::as_slice))
     }
     /// Products recommended for this member in this mall.
-    async fn recommended(&self) -> Result<Option<Vec<Product>>> {
-        part(&self.recommended)
+    async fn recommended(&self) -> Result<Option<&[Product]>> {
+        Ok(part(&self.recommended)?.map(Vec::as_slice))
     }
     /// Coupons the member can use; empty without a member token.
-    async fn coupons(&self) -> Result<Option<Vec<Coupon>>> {
-        match part(&self.coupons)? {
-            None => Ok(Some(Vec::new())),
-            Some(coupons) => Ok(Some(coupons.unwrap_or_default())),
-        }
+    async fn coupons(&self) -> Result<Option<&[Coupon]>> {
+        Ok(Some(match part(&self.coupons)? {
+            Some(Some(coupons)) => coupons.as_slice(),
+            None | Some(None) => &[],
+        }))
     }
 }
 
@@ -145,12 +145,12 @@ impl HomeQuery {
                 // Both lists in one batch: one evaluation per rule. A failure
                 // shows on each `price` field.
                 let (_, priced) = futures::join!(
-                    loaders.prime(&all, wants_stores),
+                    loaders.prime_stores(&all, wants_stores),
                     crate::product::price_products(req, &all)
                 );
                 let _ = priced;
             } else {
-                loaders.prime(&all, wants_stores).await;
+                loaders.prime_stores(&all, wants_stores).await;
             }
             (flash, recommended)
         };

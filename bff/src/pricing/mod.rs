@@ -114,6 +114,29 @@ impl Pricing {
             .into_iter()
             .filter(|r| r.version.stage == model::Stage::Item)
             .collect();
+        if rules.is_empty() {
+            // Nothing to run: every product at its list price, without
+            // building the rules' input.
+            let lines = products
+                .iter()
+                .map(|p| {
+                    let id = p.id.as_str().to_owned();
+                    let unit = p.list_price.minor();
+                    let line = engine::PricedLine {
+                        id: id.clone(),
+                        subtotal: unit,
+                        payable: unit,
+                        applied: Vec::new(),
+                    };
+                    (id, line)
+                })
+                .collect();
+            return Ok(CatalogPrices {
+                degraded: false,
+                failures: Vec::new(),
+                lines,
+            });
+        }
         let mut seen = std::collections::HashSet::new();
         let lines: Vec<CartLine<'_>> = products
             .iter()
@@ -138,11 +161,7 @@ impl Pricing {
             },
             now,
         );
-        let priced = if rules.is_empty() {
-            unpriced(&cart)
-        } else {
-            self.run_batch(tenant, rules, cart).await?
-        };
+        let priced = self.run_batch(tenant, rules, cart).await?;
         Ok(CatalogPrices {
             degraded: priced.degraded,
             failures: priced.failures,

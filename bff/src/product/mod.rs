@@ -372,13 +372,21 @@ impl Product {
     /// `degraded`, with one error per response naming the service.
     async fn price(&self, ctx: &Context<'_>) -> Result<Option<Price>> {
         let req = request(ctx)?;
-        price_products(req, &[self]).await?;
+        // A list's prices are usually in the book already (one batch for
+        // the list); price this one only if not.
+        let price = match req.prices.get(&self.id) {
+            Some(price) => Some(price),
+            None => {
+                price_products(req, &[self]).await?;
+                req.prices.get(&self.id)
+            }
+        };
         if let Some(err) = req.prices.member_failure_to_report() {
             // The price is there (public); the response says once why.
             let error: async_graphql::Error = ApiError::from(err).into();
             ctx.add_error(ctx.set_error_path(error.into_server_error(ctx.item.pos)));
         }
-        Ok(req.prices.get(&self.id))
+        Ok(price)
     }
     /// The product's flash-sale window, if it has one.
     async fn flash_sale(&self) -> Option<FlashSaleView<'_>> {
@@ -472,7 +480,7 @@ impl ProductQuery {
         let wants_store = look.field("edges").field("node").field("store").exists()
             || look.field("nodes").field("store").exists();
         let products: Vec<&Product> = page.items.iter().map(|(_, p)| p).collect();
-        req.loaders.prime(&products, wants_store).await;
+        req.loaders.prime_stores(&products, wants_store).await;
         let wants_price = look.field("edges").field("node").field("price").exists()
             || look.field("nodes").field("price").exists();
         if wants_price {

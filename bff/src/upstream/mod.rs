@@ -575,6 +575,9 @@ impl Upstreams {
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
+            // A service answers at its own address: a redirect is an
+            // error (counted, retried like one), never followed elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mall-bff/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let guard = Guard::new(&settings.breaker, &metrics);

@@ -612,6 +612,42 @@ async fn ids_identify_their_objects() {
     assert_eq!(one["data"]["quote"]["id"], one_again["data"]["quote"]["id"]);
 }
 
+/// A request that passed validation is not validated in full again; one
+/// that differs in anything validation depends on (here its variables)
+/// gets exactly the answer a node that never saw the first would give.
+#[tokio::test]
+async fn a_request_like_one_validated_before_gets_the_answer_it_would_get_first() {
+    let seen = spawn_app().await;
+    let fresh = spawn_app().await;
+    let query = "query M($id: ID!, $n: Int) { mall(id: $id) { id } products(mallId: $id, first: $n) { nodes { id } } }";
+    let good = json!({ "id": "mall-1", "n": 2 });
+    let (_, first) = seen.query_vars(query, good.clone(), None).await;
+    assert!(first.get("errors").is_none(), "{first}");
+    let (_, again) = seen.query_vars(query, good.clone(), None).await;
+    assert_eq!(first, again);
+    for bad in [
+        json!({ "id": { "a": 1 }, "n": 2 }),
+        json!({ "id": "mall-1", "n": "two" }),
+        json!({ "id": "mall-1", "n": 1.5 }),
+        json!({ "id": null, "n": 2 }),
+        json!({ "id": "mall-1", "n": 2, "unused": [1] }),
+    ] {
+        let (status, answer) = seen.query_vars(query, bad.clone(), None).await;
+        let (fresh_status, fresh_answer) = fresh.query_vars(query, bad.clone(), None).await;
+        assert_eq!(
+            (status, &answer),
+            (fresh_status, &fresh_answer),
+            "variables {bad}"
+        );
+    }
+    // A value of the wrong type is refused before execution: no `data`.
+    let (_, refused) = seen
+        .query_vars(query, json!({ "id": { "a": 1 }, "n": 2 }), None)
+        .await;
+    assert!(refused.get("data").is_none(), "{refused}");
+    assert!(!codes(&refused).is_empty(), "{refused}");
+}
+
 #[tokio::test]
 async fn a_cursor_of_one_mall_does_not_page_another() {
     let app = spawn_app().await;

@@ -697,3 +697,64 @@ async fn with_the_member_service_down_a_quote_is_public_marked_and_never_charged
     );
     assert_eq!(checkout.get("data"), Some(&Value::Null), "{checkout}");
 }
+
+/// A service that answers with a redirect is failing, not pointing
+/// elsewhere: the BFF never follows it (an upstream must not be able to
+/// send the BFF's calls, with their tenant paths, to another host).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_redirect_is_an_error_and_is_never_followed() {
+    // Where the redirects point: a working member service for `beta`.
+    let elsewhere = DemoUpstreams::start(&bff::config::DemoSettings {
+        extra_tenants: vec![TenantId::parse("beta").unwrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let target = elsewhere.service(Service::Member);
+    let target_url = target.base_url.to_string();
+    // Beta's member service redirects every call there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = format!("http://{}/", listener.local_addr().unwrap());
+    let router = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let location = format!(
+            "{}{}",
+            target_url.trim_end_matches('/'),
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let app = spawn_app_with(|s| {
+        s.demo.extra_tenants = vec![TenantId::parse("beta").unwrap()];
+        s.upstreams.tenants.insert(
+            TenantId::parse("beta").unwrap(),
+            bff::config::TenantUpstreams {
+                member: Some(bff::config::TenantUpstream {
+                    base_url: redirector.parse().unwrap(),
+                    timeout_ms: Some(2_000),
+                }),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let beta = app.token_for("beta", "member-1", Role::Member);
+    let body = card_with(&app, &beta, &[]).await;
+    let card = &body["data"]["homeCard"];
+    assert_eq!(card.get("member"), Some(&Value::Null), "{body}");
+    assert!(card["recommended"].is_array(), "the rest renders: {body}");
+    assert!(
+        codes(&body).iter().any(|c| c == "UPSTREAM_UNAVAILABLE"),
+        "{body}"
+    );
+    assert_eq!(
+        target.control.requests(),
+        0,
+        "no call reached the redirect's target"
+    );
+}
