@@ -648,6 +648,46 @@ async fn a_request_like_one_validated_before_gets_the_answer_it_would_get_first(
     assert!(!codes(&refused).is_empty(), "{refused}");
 }
 
+/// An amount selected as plain fields is built directly; through
+/// fragments it takes the general path. Both answer the same, key by key
+/// and in selection order.
+#[tokio::test]
+async fn money_answers_the_same_through_plain_fields_and_fragments() {
+    let app = spawn_app().await;
+    let raw = |query: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .post(format!("{}/graphql", app.url))
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let plain = raw(
+        r#"{ product(id: "sku-1") { listPrice { amount currency __typename cents: amount } } }"#,
+    )
+    .await;
+    let fragments = raw(r#"{ product(id: "sku-1") { listPrice { ... on Money { amount currency } ...M __typename cents: amount } } } fragment M on Money { amount }"#).await;
+    // The raw text: JSON maps in tests do not keep key order.
+    assert_eq!(plain, fragments);
+    let body: Value = serde_json::from_str(&plain).unwrap();
+    assert!(body.get("errors").is_none(), "{plain}");
+    let price = key(key(key(&body, "data"), "product"), "listPrice");
+    let amount = price["amount"].as_i64().expect("an integer amount");
+    assert!(amount > 0, "{plain}");
+    assert_eq!(
+        plain,
+        format!(
+            r#"{{"data":{{"product":{{"listPrice":{{"amount":{amount},"currency":"CNY","__typename":"Money","cents":{amount}}}}}}}}}"#
+        )
+    );
+}
+
 #[tokio::test]
 async fn a_cursor_of_one_mall_does_not_page_another() {
     let app = spawn_app().await;
