@@ -387,25 +387,36 @@ fn start_bff_with(
         command.env(key, value);
     }
     let mut proc = spawn(
-        command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("BFF_LOG__FILTER", "warn")
+        serving(&mut command, port, upstreams, &data)
             .env("BFF_ENVIRONMENT", "development")
-            .env("BFF_UPSTREAMS__MALL__BASE_URL", format!("{upstreams}/mall"))
-            .env(
-                "BFF_UPSTREAMS__MEMBER__BASE_URL",
-                format!("{upstreams}/member"),
-            )
-            .env(
-                "BFF_UPSTREAMS__PRODUCT__BASE_URL",
-                format!("{upstreams}/product"),
-            )
             .env("BFF_GRAPHQL__DATALOADER_DELAY_US", delay_us.to_string())
-            .env("BFF_STORE__DATA_DIR", data.path())
             .env("BFF_RULES__DEMO_DEPLOYMENTS", rules.to_string()),
     );
     proc.1 = Some(data);
     (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// `bff serve` on `port` against the demo `upstreams`, with the settings
+/// every version of the binary knows.
+fn serving<'c>(
+    command: &'c mut Command,
+    port: u16,
+    upstreams: &str,
+    data: &tempfile::TempDir,
+) -> &'c mut Command {
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("BFF_LOG__FILTER", "warn")
+        .env("BFF_UPSTREAMS__MALL__BASE_URL", format!("{upstreams}/mall"))
+        .env(
+            "BFF_UPSTREAMS__MEMBER__BASE_URL",
+            format!("{upstreams}/member"),
+        )
+        .env(
+            "BFF_UPSTREAMS__PRODUCT__BASE_URL",
+            format!("{upstreams}/product"),
+        )
+        .env("BFF_STORE__DATA_DIR", data.path())
 }
 
 /// The BFF binary of an earlier commit, with the settings it knew (its
@@ -415,21 +426,9 @@ fn start_before(bin: &str, upstreams: &str) -> (Proc, String) {
     let port = free_port();
     let data = tempfile::tempdir().expect("temp dir");
     let mut proc = spawn(
-        Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("BFF_LOG__FILTER", "warn")
+        serving(&mut Command::new(bin), port, upstreams, &data)
             .env("BFF_CACHE__REFERENCE_TTL_SECS", "60")
-            .env("BFF_UPSTREAMS__MALL__BASE_URL", format!("{upstreams}/mall"))
-            .env(
-                "BFF_UPSTREAMS__MEMBER__BASE_URL",
-                format!("{upstreams}/member"),
-            )
-            .env(
-                "BFF_UPSTREAMS__PRODUCT__BASE_URL",
-                format!("{upstreams}/product"),
-            )
             .env("BFF_GRAPHQL__DATALOADER_DELAY_US", "0")
-            .env("BFF_STORE__DATA_DIR", data.path())
             .env("BFF_RULES__DEMO_DEPLOYMENTS", "false"),
     );
     proc.1 = Some(data);
