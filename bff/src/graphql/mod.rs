@@ -360,6 +360,9 @@ pub struct Loaders {
     /// `store` fields then report that failure at once instead of each
     /// asking the failing service again.
     store_failure: OnceLock<UpstreamError>,
+    /// The stores of listed products, fetched in one call: each product's
+    /// `store` field reads here before going through the loader.
+    primed_stores: Mutex<HashMap<StoreId, Store>>,
 }
 
 impl Loaders {
@@ -427,6 +430,7 @@ impl Loaders {
             member: Memo::new(),
             coupons: Memo::new(),
             store_failure: OnceLock::new(),
+            primed_stores: Mutex::new(HashMap::new()),
         }
     }
 
@@ -447,7 +451,11 @@ impl Loaders {
                 .stores(&self.tenant, &ids, &self.stale)
                 .await
             {
-                Ok(stores) => self.stores.feed_many(stores).await,
+                Ok(stores) => self
+                    .primed_stores
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(stores),
                 Err(err) => {
                     let _ = self.store_failure.set(err);
                 }
@@ -455,10 +463,19 @@ impl Loaders {
         }
     }
 
-    /// A store, from the primed cache or a batched lookup.
+    /// A store, from the primed stores or a batched lookup.
     pub async fn store(&self, id: StoreId) -> Result<Option<Store>, UpstreamError> {
         if let Some(err) = self.store_failure.get() {
             return Err(err.clone());
+        }
+        let primed = self
+            .primed_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(store) = primed {
+            return Ok(Some(store));
         }
         self.stores.load_one(id).await
     }
