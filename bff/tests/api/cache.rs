@@ -8,7 +8,7 @@ use bff::auth::Role;
 use bff::config::{FaultSettings, Settings};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, codes, down, spawn_app_with, spawn_second_node};
+use crate::helpers::{TestApp, codes, down, spawn_app, spawn_app_with, spawn_second_node};
 use crate::store::{redis_url, unique_namespace};
 
 /// A public card: mall, both product lists with their stores and prices.
@@ -355,5 +355,34 @@ async fn a_product_page_is_cached_shared_by_nodes_and_served_stale_when_the_serv
     assert!(
         stale_kinds(&stale).contains(&("product".into(), "sku-flash-1".into())),
         "{stale}"
+    );
+}
+
+/// A quote prices from the product service itself, even when a card in the
+/// same document listed the product from the catalogue cache.
+#[tokio::test]
+async fn a_quote_beside_a_card_reads_the_product_service_itself() {
+    let app = spawn_app().await;
+    let token = app.token("member-1");
+    const BOTH: &str = r#"{
+      homeCard(mallId: "mall-1") { flashSale { id } }
+      quote(input: { mallId: "mall-1", items: [{ productId: "sku-flash-1", quantity: 1 }] }) { id }
+    }"#;
+    // Warm the card's caches first.
+    let (_, body) = app.query(BOTH, Some(&token)).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    assert!(
+        body["data"]["homeCard"]["flashSale"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["id"] == "sku-flash-1")),
+        "the card lists the quoted product: {body}"
+    );
+    let before = app.calls("product", "products.batch");
+    let (_, body) = app.query(BOTH, Some(&token)).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    assert_eq!(
+        app.calls("product", "products.batch") - before,
+        1,
+        "the quote asked the product service"
     );
 }

@@ -348,3 +348,38 @@ async fn metrics_expose_upstream_calls_per_endpoint_and_outcome() {
     assert!(text.contains(r#"bff_upstream_calls_total{upstream="product",endpoint="products.listing",outcome="error"} 1"#), "{text}");
     assert!(text.contains("bff_graphql_requests_total"));
 }
+
+/// A tenant with no rule in force sees every product at its list price:
+/// nothing applied, nothing degraded.
+#[tokio::test]
+async fn without_rules_every_price_is_the_list_price() {
+    let app = spawn_app_with(|s| s.rules.demo_deployments = false).await;
+    let token = app.token("member-1");
+    let (_, body) = app
+        .query(
+            r#"{ homeCard(mallId: "mall-1") {
+                flashSale { listPrice { amount } price { final { amount } } }
+                recommended { listPrice { amount } price { list { amount } final { amount } savings { amount } applied { ruleId } degraded } }
+            } }"#,
+            Some(&token),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let card = &body["data"]["homeCard"];
+    let mut seen = 0;
+    for list in ["flashSale", "recommended"] {
+        for p in card[list].as_array().expect("a list") {
+            let amount = &p["listPrice"]["amount"];
+            assert!(amount.as_i64().is_some_and(|a| a > 0), "{p}");
+            assert_eq!(&p["price"]["final"]["amount"], amount, "{p}");
+            seen += 1;
+        }
+    }
+    for p in card["recommended"].as_array().unwrap() {
+        assert_eq!(&p["price"]["list"]["amount"], &p["listPrice"]["amount"]);
+        assert_eq!(p["price"]["savings"]["amount"], 0, "{p}");
+        assert_eq!(p["price"]["applied"], Value::Array(vec![]), "{p}");
+        assert_eq!(p["price"]["degraded"], false, "{p}");
+    }
+    assert!(seen >= 10, "{body}");
+}
