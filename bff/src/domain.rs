@@ -195,41 +195,25 @@ impl MoneyFields {
     }
 }
 
-impl Money {
-    /// The selection's value when it holds only plain fields of `Money`
-    /// (no fragments, arguments or directives): the shape nearly every
-    /// client asks for (`{ amount }`), built without a task per field. A
-    /// card holds dozens of amounts. `None`: resolve the general way.
-    fn plain_selection(
-        self,
-        set: &async_graphql::parser::types::SelectionSet,
+impl crate::graphql::plain::PlainFields for Money {
+    const TYPE_NAME: &'static str = "Money";
+
+    fn plain_field(
+        &self,
+        _: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::parser::types::Field,
     ) -> Option<async_graphql::Value> {
         use async_graphql::ScalarType;
-        use async_graphql::parser::types::Selection;
-        let mut map = async_graphql::indexmap::IndexMap::with_capacity(set.items.len());
-        for selection in &set.items {
-            let Selection::Field(field) = &selection.node else {
-                return None;
-            };
-            let field = &field.node;
-            if !field.arguments.is_empty()
-                || !field.directives.is_empty()
-                || !field.selection_set.node.items.is_empty()
-            {
-                return None;
-            }
-            let value = match field.name.node.as_str() {
-                "amount" => MinorUnits(self.minor).to_value(),
-                "currency" => async_graphql::Value::String(CNY.to_owned()),
-                "__typename" => async_graphql::Value::String("Money".to_owned()),
-                _ => return None,
-            };
-            map.insert(field.response_key().node.clone(), value);
+        match field.name.node.as_str() {
+            "amount" => Some(MinorUnits(self.minor).to_value()),
+            "currency" => Some(async_graphql::Value::String(CNY.to_owned())),
+            _ => None,
         }
-        Some(async_graphql::Value::Object(map))
     }
 }
 
+/// `{ amount }` appears dozens of times in a card: plain selections of
+/// `Money` are built at once (see [`crate::graphql::plain`]).
 impl async_graphql::OutputType for Money {
     fn type_name() -> std::borrow::Cow<'static, str> {
         <MoneyFields as async_graphql::OutputType>::type_name()
@@ -244,7 +228,7 @@ impl async_graphql::OutputType for Money {
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match self.plain_selection(&ctx.item.node) {
+        match crate::graphql::plain::plain_object(self, ctx, &ctx.item.node) {
             Some(value) => Ok(value),
             None => {
                 let fields = MoneyFields(*self);

@@ -10,6 +10,7 @@ pub mod guard;
 pub mod http;
 pub mod limits;
 pub mod persisted;
+pub mod plain;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -478,6 +479,24 @@ impl Loaders {
             return Ok(Some(store));
         }
         self.stores.load_one(id).await
+    }
+
+    /// `answer` applied to a store primed for this request (`None` when
+    /// it is not among them, or the lookup failed: the `store` field then
+    /// loads it or reports the failure).
+    pub fn with_primed_store<R>(
+        &self,
+        id: &StoreId,
+        answer: impl FnOnce(&Store) -> R,
+    ) -> Option<R> {
+        if self.store_failure.get().is_some() {
+            return None;
+        }
+        self.primed_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(answer)
     }
 
     /// A mall, fetched at once (single flight per request).

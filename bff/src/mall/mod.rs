@@ -207,6 +207,26 @@ impl Store {
     }
 }
 
+impl crate::graphql::plain::PlainFields for Store {
+    const TYPE_NAME: &'static str = "Store";
+
+    fn plain_field(
+        &self,
+        _: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::parser::types::Field,
+    ) -> Option<async_graphql::Value> {
+        use crate::graphql::plain::string;
+        match field.name.node.as_str() {
+            "id" => string(self.id.as_str()),
+            "mallId" => string(self.mall_id.as_str()),
+            "name" => string(&self.name),
+            "floor" => string(&self.floor),
+            "category" => string(&self.category),
+            _ => None,
+        }
+    }
+}
+
 /// Mall queries.
 #[derive(Default)]
 pub struct MallQuery;

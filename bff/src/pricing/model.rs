@@ -193,6 +193,22 @@ pub struct SkippedRule {
     pub code: String,
 }
 
+impl crate::graphql::plain::PlainFields for SkippedRule {
+    const TYPE_NAME: &'static str = "SkippedRule";
+
+    fn plain_field(
+        &self,
+        _: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::parser::types::Field,
+    ) -> Option<async_graphql::Value> {
+        match field.name.node.as_str() {
+            "ruleId" => crate::graphql::plain::string(&self.rule_id),
+            "code" => crate::graphql::plain::string(&self.code),
+            _ => None,
+        }
+    }
+}
+
 impl SkippedRule {
     /// The skipped rules of a pricing's failures.
     pub fn list(failures: &[super::engine::Failure]) -> Vec<SkippedRule> {

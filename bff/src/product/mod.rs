@@ -8,12 +8,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_graphql::connection::{Edge, EmptyFields, PageInfo};
 use async_graphql::dataloader::Loader;
-use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use async_graphql::parser::types::Field;
+use async_graphql::{Context, ContextSelectionSet, ID, Object, Result, SimpleObject, Value};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::domain::{InvalidInput, MallId, Money, ProductId, StoreId, TenantId};
 use crate::error::ApiError;
+use crate::graphql::plain::{self, PlainFields, plain_list, plain_object};
 use crate::graphql::{RequestContext, request};
 use crate::mall::Store;
 use crate::pricing::engine::{ActiveRule, Applied, PricedLine};
@@ -183,6 +185,21 @@ impl PriceBook {
             .cloned()
     }
 
+    /// `answer` applied to a price computed earlier in this request, when
+    /// it can be shown as it is; `None` when it is not in the book yet, or
+    /// when the member service failed (the `price` field then reports that
+    /// once per response).
+    pub fn with_price<R>(&self, id: &ProductId, answer: impl FnOnce(&Price) -> R) -> Option<R> {
+        if self.member_failure.get().is_some() {
+            return None;
+        }
+        self.prices
+            .lock()
+            .expect("price book lock")
+            .get(id)
+            .map(answer)
+    }
+
     /// Marks the member service's failure as reported by another field
     /// (the card's `member`), so prices do not report it again.
     pub fn member_failure_reported(&self) {
@@ -307,6 +324,37 @@ impl From<&Applied> for AppliedPromotion {
     }
 }
 
+impl PlainFields for Price {
+    const TYPE_NAME: &'static str = "Price";
+
+    fn plain_field(&self, ctx: &ContextSelectionSet<'_>, field: &Field) -> Option<Value> {
+        let set = &field.selection_set.node;
+        match field.name.node.as_str() {
+            "list" => plain_object(&self.list, ctx, set),
+            "final" => plain_object(&self.final_, ctx, set),
+            "savings" => plain_object(&self.savings, ctx, set),
+            "applied" => plain_list(&self.applied, ctx, field),
+            "degraded" => Some(Value::Boolean(self.degraded)),
+            "skippedRules" => plain_list(&self.skipped_rules, ctx, field),
+            "publicFallback" => Some(Value::Boolean(self.public_fallback)),
+            _ => None,
+        }
+    }
+}
+
+impl PlainFields for AppliedPromotion {
+    const TYPE_NAME: &'static str = "AppliedPromotion";
+
+    fn plain_field(&self, ctx: &ContextSelectionSet<'_>, field: &Field) -> Option<Value> {
+        match field.name.node.as_str() {
+            "ruleId" => plain::string(&self.rule_id),
+            "label" => plain::string(&self.label),
+            "amount" => plain_object(&self.amount, ctx, &field.selection_set.node),
+            _ => None,
+        }
+    }
+}
+
 /// A page of products with the cursors to continue.
 #[derive(SimpleObject)]
 pub struct ProductConnection {
@@ -329,41 +377,46 @@ pub struct AppliedPromotion {
     pub amount: Money,
 }
 
+/// The GraphQL `Product` object: its fields, descriptions and the general
+/// resolution path. [`Product`] resolves through it whenever a selection
+/// is more than plain fields answered at once.
+pub struct ProductFields<'a>(&'a Product);
+
 /// A product on sale in a mall.
-#[Object]
-impl Product {
+#[Object(name = "Product")]
+impl ProductFields<'_> {
     /// The product's id (SKU).
     async fn id(&self) -> ID {
-        ID(self.id.to_string())
+        ID(self.0.id.to_string())
     }
     /// Display name.
     async fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
     /// Category, e.g. `food`.
     async fn category(&self) -> &str {
-        &self.category
+        &self.0.category
     }
     /// Merchandising tags, e.g. `new`, `hot`.
     async fn tags(&self) -> &[String] {
-        &self.tags
+        &self.0.tags
     }
     /// Whether any unit is available.
     async fn in_stock(&self) -> bool {
-        self.stock > 0
+        self.0.stock > 0
     }
     /// The store that sells it. Null when the mall service cannot be
     /// reached (the error names it).
     async fn store(&self, ctx: &Context<'_>) -> Result<Option<Store>> {
         Ok(request(ctx)?
             .loaders
-            .store(self.store_id.clone())
+            .store(self.0.store_id.clone())
             .await
             .map_err(ApiError::from)?)
     }
     /// Price before any promotion.
     async fn list_price(&self) -> Money {
-        self.list_price
+        self.0.list_price
     }
     /// The price for the asking member (the token's member; anonymous
     /// visitors see public prices), with the promotions that apply. Null
@@ -374,11 +427,11 @@ impl Product {
         let req = request(ctx)?;
         // A list's prices are usually in the book already (one batch for
         // the list); price this one only if not.
-        let price = match req.prices.get(&self.id) {
+        let price = match req.prices.get(&self.0.id) {
             Some(price) => Some(price),
             None => {
-                price_products(req, &[self]).await?;
-                req.prices.get(&self.id)
+                price_products(req, &[self.0]).await?;
+                req.prices.get(&self.0.id)
             }
         };
         if let Some(err) = req.prices.member_failure_to_report() {
@@ -390,10 +443,70 @@ impl Product {
     }
     /// The product's flash-sale window, if it has one.
     async fn flash_sale(&self) -> Option<FlashSaleView<'_>> {
-        self.flash_sale.as_ref().map(|sale| FlashSaleView {
+        self.0.flash_sale.as_ref().map(|sale| FlashSaleView {
             sale,
-            product: self,
+            product: self.0,
         })
+    }
+}
+
+impl PlainFields for Product {
+    const TYPE_NAME: &'static str = "Product";
+
+    fn plain_field(&self, ctx: &ContextSelectionSet<'_>, field: &Field) -> Option<Value> {
+        match field.name.node.as_str() {
+            "id" => plain::string(self.id.as_str()),
+            "name" => plain::string(&self.name),
+            "category" => plain::string(&self.category),
+            "tags" => Some(Value::List(
+                self.tags.iter().map(|t| Value::String(t.clone())).collect(),
+            )),
+            "inStock" => Some(Value::Boolean(self.stock > 0)),
+            "listPrice" => plain_object(&self.list_price, ctx, &field.selection_set.node),
+            "store" => ctx
+                .data_opt::<RequestContext>()?
+                .loaders
+                .with_primed_store(&self.store_id, |store| {
+                    plain_object(store, ctx, &field.selection_set.node)
+                })?,
+            "price" => ctx
+                .data_opt::<RequestContext>()?
+                .prices
+                .with_price(&self.id, |price| {
+                    plain_object(price, ctx, &field.selection_set.node)
+                })?,
+            // A flash sale's `remaining` reads the checkout's stock.
+            "flashSale" if self.flash_sale.is_none() => Some(Value::Null),
+            _ => None,
+        }
+    }
+}
+
+impl async_graphql::OutputType for Product {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        <ProductFields<'static> as async_graphql::OutputType>::type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        <ProductFields<'static> as async_graphql::OutputType>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        field: &async_graphql::Positioned<Field>,
+    ) -> async_graphql::ServerResult<Value> {
+        match plain_object(self, ctx, &ctx.item.node) {
+            Some(value) => Ok(value),
+            None => {
+                <ProductFields<'_> as async_graphql::OutputType>::resolve(
+                    &ProductFields(self),
+                    ctx,
+                    field,
+                )
+                .await
+            }
+        }
     }
 }
 

@@ -688,6 +688,64 @@ async fn money_answers_the_same_through_plain_fields_and_fragments() {
     );
 }
 
+/// Products, their stores and prices are built at once for plain
+/// selections, and through the general resolvers whenever a fragment is
+/// involved: both must give the same bytes, in selection order.
+#[tokio::test]
+async fn a_product_answers_the_same_through_plain_fields_and_fragments() {
+    let app = spawn_app().await;
+    let token = app.token("member-1");
+    const FIELDS: &str = "__typename id sku: id name category tags inStock listPrice { amount } \
+        store { __typename id mallId name floor category } \
+        price { __typename list { amount currency } final { amount } savings { amount } \
+          applied { __typename ruleId label amount { amount } } degraded \
+          skippedRules { ruleId code } publicFallback } \
+        flashSale { price { amount } stock }";
+    let raw = |query: String| {
+        let (app, token) = (&app, &token);
+        async move {
+            app.http
+                .post(format!("{}/graphql", app.url))
+                .bearer_auth(token)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let card = |selection: String| {
+        format!(
+            r#"{{ homeCard(mallId: "mall-1") {{ flashSale {{ {selection} }} recommended {{ {selection} }} }} }}"#
+        )
+    };
+    let plain = raw(card(FIELDS.to_owned())).await;
+    let general = raw(card(format!("... on Product {{ {FIELDS} }}"))).await;
+    // The raw text: JSON maps in tests do not keep key order.
+    assert_eq!(plain, general);
+    let body: Value = serde_json::from_str(&plain).unwrap();
+    assert!(body.get("errors").is_none(), "{plain}");
+    let recommended = key(key(key(&body, "data"), "homeCard"), "recommended")
+        .as_array()
+        .unwrap();
+    assert!(!recommended.is_empty(), "{plain}");
+    for product in recommended {
+        assert_eq!(product["__typename"], "Product");
+        assert_eq!(product["sku"], product["id"]);
+        assert_eq!(product["store"]["__typename"], "Store", "{product}");
+        assert_eq!(product["store"]["mallId"], "mall-1", "{product}");
+    }
+    // The gold member's member price shows as an applied promotion.
+    assert!(
+        recommended
+            .iter()
+            .any(|p| p["price"]["applied"][0]["ruleId"] == "member-price@1"),
+        "{plain}"
+    );
+}
+
 #[tokio::test]
 async fn a_cursor_of_one_mall_does_not_page_another() {
     let app = spawn_app().await;
