@@ -183,6 +183,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 struct BatchQuery {
     ids: Option<String>,
     mall_ids: Option<String>,
+    /// `coupons`: embed each member's coupons (members only).
+    include: Option<String>,
 }
 
 /// Splits a comma-separated id list, enforcing the batch limit.
@@ -278,10 +280,14 @@ async fn members(
     let Some(ids) = q.ids else {
         return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "ids is required");
     };
+    let with_coupons = q
+        .include
+        .as_deref()
+        .is_some_and(|include| include.split(',').any(|part| part == "coupons"));
     match split_ids(&ids) {
         // Balances are live: what holds froze or spent is not available.
         Ok(ids) => {
-            let items: Vec<_> = ids
+            let items: Vec<serde_json::Value> = ids
                 .into_iter()
                 .filter_map(|id| t.member(id))
                 .map(|m| {
@@ -290,7 +296,11 @@ async fn members(
                         m.points_balance = points;
                         m.wallet_balance_fen = wallet;
                     }
-                    m
+                    let mut record = json!(m);
+                    if with_coupons {
+                        record["coupons"] = json!(live_coupons(&s, &tenant_id, t, &m.member_id));
+                    }
+                    record
                 })
                 .collect();
             Json(json!({ "items": items })).into_response()
@@ -305,14 +315,26 @@ async fn coupons(State(s): State<AppState>, Path((t, member)): Path<(String, Str
     if t.member(&member).is_none() {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such member");
     }
-    let mut items = t.coupons.get(&member).cloned().unwrap_or_default();
+    let items = live_coupons(&s, &tenant_id, t, &member);
+    Json(json!({ "items": items })).into_response()
+}
+
+/// A member's coupons with their live status (what holds and payments
+/// used is no longer `UNUSED`).
+fn live_coupons(
+    s: &AppState,
+    tenant_id: &str,
+    t: &TenantData,
+    member: &str,
+) -> Vec<super::data::CouponRecord> {
+    let mut items = t.coupons.get(member).cloned().unwrap_or_default();
     for coupon in &mut items {
-        let live = s.ledger.coupon_status(&tenant_id, &coupon.coupon_id);
+        let live = s.ledger.coupon_status(tenant_id, &coupon.coupon_id);
         if live != "UNUSED" {
             coupon.status = live.to_owned();
         }
     }
-    Json(json!({ "items": items })).into_response()
+    items
 }
 
 async fn products(

@@ -38,7 +38,7 @@ use crate::mall::{Directory, Mall, MallLoader, MallQuery, Store, StoreLoader, St
 use crate::member::{Coupon, Member, MemberQuery};
 use crate::pricing::api::{PricingQuery, RulesMutation};
 use crate::product::{Catalogue, Product, ProductLoader, ProductQuery};
-use crate::upstream::{MAX_BATCH, UpstreamError, Upstreams};
+use crate::upstream::{MAX_BATCH, MemberRecord, UpstreamError, Upstreams};
 
 /// The root query: each capability contributes its own fields.
 #[derive(MergedObject, Default)]
@@ -355,7 +355,7 @@ pub struct Loaders {
     upstreams: Arc<Upstreams>,
     tenant: TenantId,
     mall: Memo<MallId, Option<Mall>>,
-    member: Memo<MemberId, Option<Member>>,
+    member: Memo<MemberId, MemberRecord>,
     coupons: Memo<MemberId, Option<Vec<Coupon>>>,
     /// Set when priming the stores of a list failed: the list's per-item
     /// `store` fields then report that failure at once instead of each
@@ -527,17 +527,68 @@ impl Loaders {
             self.tenant.clone(),
             id.clone(),
         );
-        self.member
+        let record = self
+            .member
             .get(id.clone(), move || {
                 async move {
-                    Ok(client
+                    let member = client
                         .members_by_ids(&tenant, std::slice::from_ref(&key))
                         .await?
-                        .remove(&key))
+                        .remove(&key);
+                    Ok(MemberRecord {
+                        member,
+                        coupons: None,
+                    })
                 }
                 .boxed()
             })
-            .await
+            .await?;
+        Ok(record.member)
+    }
+
+    /// A member and their coupons (single flight per request, shared with
+    /// [`Loaders::member_now`] and [`Loaders::coupons_now`]): one call when
+    /// the tenant's member service embeds coupons in the member record,
+    /// else both endpoints at once.
+    pub async fn member_and_coupons_now(
+        &self,
+        id: &MemberId,
+    ) -> (
+        Result<Option<Member>, UpstreamError>,
+        Result<Option<Vec<Coupon>>, UpstreamError>,
+    ) {
+        if !self.upstreams.member.embeds_coupons(&self.tenant) {
+            return futures::join!(self.member_now(id), self.coupons_now(id));
+        }
+        let (client, tenant, key) = (
+            self.upstreams.member.clone(),
+            self.tenant.clone(),
+            id.clone(),
+        );
+        let record = self
+            .member
+            .get(id.clone(), move || {
+                async move { client.member_with_coupons(&tenant, &key).await }.boxed()
+            })
+            .await;
+        let record = match record {
+            Ok(record) => record,
+            // One service, one failure: the coupons were in that call.
+            Err(err) => return (Err(err.clone()), Err(err)),
+        };
+        let coupons = match record.coupons {
+            Some(coupons) => {
+                self.coupons
+                    .get(id.clone(), move || {
+                        futures::future::ready(Ok(coupons)).boxed()
+                    })
+                    .await
+            }
+            // The member came without them (another field fetched it first,
+            // or the service does not embed them).
+            None => self.coupons_now(id).await,
+        };
+        (Ok(record.member), coupons)
     }
 
     /// A member's coupons, fetched at once (single flight per request).

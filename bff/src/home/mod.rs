@@ -6,11 +6,13 @@
 //! one batch (when selected), so a card costs at most one call per
 //! upstream endpoint. A failing upstream nulls only the fields it feeds.
 
-use async_graphql::{Context, ID, Object, Result};
+use async_graphql::parser::types::Field;
+use async_graphql::{Context, ContextSelectionSet, ID, Object, Result, Value};
 use futures::future::OptionFuture;
 
 use crate::domain::MallId;
 use crate::error::ApiError;
+use crate::graphql::plain::{PlainFields, plain_list, plain_object, plain_option};
 use crate::graphql::request;
 use crate::mall::Mall;
 use crate::member::{Coupon, Member};
@@ -46,33 +48,104 @@ fn part<T>(part: &Part<T>) -> Result<Option<&T>> {
     }
 }
 
+/// The GraphQL `HomeCard` object: its fields, descriptions and the
+/// general resolution path. [`HomeCard`] resolves through it whenever a
+/// selection is more than plain fields answered at once.
+struct HomeCardFields<'a>(&'a HomeCard);
+
 /// Everything a home screen shows, built in one round trip. Fields fed by
 /// an upstream that fails are null, with an `UPSTREAM_UNAVAILABLE` error
 /// naming it.
-#[Object]
-impl HomeCard {
+#[Object(name = "HomeCard")]
+impl HomeCardFields<'_> {
     /// The mall.
     async fn mall(&self) -> &Mall {
-        &self.mall
+        &self.0.mall
     }
     /// The asking member; null without a member token.
     async fn member(&self) -> Result<Option<&Member>> {
-        Ok(part(&self.member)?.and_then(Option::as_ref))
+        Ok(part(&self.0.member)?.and_then(Option::as_ref))
     }
     /// Products on flash sale in this mall now or soon.
     async fn flash_sale(&self) -> Result<Option<&[Product]>> {
-        Ok(part(&self.flash_sale)?.map(Vec::as_slice))
+        Ok(part(&self.0.flash_sale)?.map(Vec::as_slice))
     }
     /// Products recommended for this member in this mall.
     async fn recommended(&self) -> Result<Option<&[Product]>> {
-        Ok(part(&self.recommended)?.map(Vec::as_slice))
+        Ok(part(&self.0.recommended)?.map(Vec::as_slice))
     }
     /// Coupons the member can use; empty without a member token.
     async fn coupons(&self) -> Result<Option<&[Coupon]>> {
-        Ok(Some(match part(&self.coupons)? {
+        Ok(Some(match part(&self.0.coupons)? {
             Some(Some(coupons)) => coupons.as_slice(),
             None | Some(None) => &[],
         }))
+    }
+}
+
+/// A part's value when it came: `None` (general path) when it failed.
+fn plain_part<T>(part: &Part<T>, value: impl FnOnce(Option<&T>) -> Option<Value>) -> Option<Value> {
+    match part {
+        None => value(None),
+        Some(Ok(got)) => value(Some(got)),
+        Some(Err(_)) => None,
+    }
+}
+
+impl PlainFields for HomeCard {
+    const TYPE_NAME: &'static str = "HomeCard";
+
+    fn plain_field(&self, ctx: &ContextSelectionSet<'_>, field: &Field) -> Option<Value> {
+        match field.name.node.as_str() {
+            "mall" => plain_object(&self.mall, ctx, &field.selection_set.node),
+            "member" => plain_part(&self.member, |member| {
+                plain_option(member.and_then(Option::as_ref), ctx, field)
+            }),
+            "flashSale" => plain_part(&self.flash_sale, |list| match list {
+                Some(list) => plain_list(list, ctx, field),
+                None => Some(Value::Null),
+            }),
+            "recommended" => plain_part(&self.recommended, |list| match list {
+                Some(list) => plain_list(list, ctx, field),
+                None => Some(Value::Null),
+            }),
+            "coupons" => plain_part(&self.coupons, |coupons| {
+                plain_list(
+                    coupons.and_then(Option::as_ref).into_iter().flatten(),
+                    ctx,
+                    field,
+                )
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl async_graphql::OutputType for HomeCard {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        <HomeCardFields<'static> as async_graphql::OutputType>::type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        <HomeCardFields<'static> as async_graphql::OutputType>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        field: &async_graphql::Positioned<Field>,
+    ) -> async_graphql::ServerResult<Value> {
+        match plain_object(self, ctx, &ctx.item.node) {
+            Some(value) => Ok(value),
+            None => {
+                <HomeCardFields<'_> as async_graphql::OutputType>::resolve(
+                    &HomeCardFields(self),
+                    ctx,
+                    field,
+                )
+                .await
+            }
+        }
     }
 }
 
@@ -111,16 +184,20 @@ impl HomeQuery {
         // Every key here is known up front: fetch at once rather than
         // through a batching window (see `graphql::Memo`).
         let mall = loaders.mall_now(&mall_id);
-        let member: OptionFuture<_> = member_id
-            .as_ref()
-            .filter(|_| wants_member)
-            .map(|id| loaders.member_now(id))
-            .into();
-        let coupons: OptionFuture<_> = member_id
-            .as_ref()
-            .filter(|_| wants_coupons)
-            .map(|id| loaders.coupons_now(id))
-            .into();
+        // The member (for its field and for prices) and their coupons: one
+        // call when the member service embeds coupons in the member record.
+        // Pricing reads the member through the same single flight.
+        let member_and_coupons = async {
+            match member_id.as_ref() {
+                Some(id) if wants_coupons && (wants_member || wants_prices) => {
+                    let (member, coupons) = loaders.member_and_coupons_now(id).await;
+                    (wants_member.then_some(member), Some(coupons))
+                }
+                Some(id) if wants_member => (Some(loaders.member_now(id).await), None),
+                Some(id) if wants_coupons => (None, Some(loaders.coupons_now(id).await)),
+                _ => (None, None),
+            }
+        };
         let products = async {
             // Both lists come through the catalogue cache.
             let catalogue = &loaders.catalog.products;
@@ -155,8 +232,8 @@ impl HomeQuery {
             (flash, recommended)
         };
 
-        let (mall, member, coupons, (flash_sale, recommended)) =
-            futures::join!(mall, member, coupons, products);
+        let (mall, (member, coupons), (flash_sale, recommended)) =
+            futures::join!(mall, member_and_coupons, products);
         if matches!(member, Some(Err(_))) {
             // The `member` field reports the member service's failure; the
             // prices that fell back to public ones need not repeat it.

@@ -207,6 +207,52 @@ impl Store {
     }
 }
 
+impl crate::graphql::plain::PlainFields for Mall {
+    const TYPE_NAME: &'static str = "Mall";
+
+    fn plain_field(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::parser::types::Field,
+    ) -> Option<async_graphql::Value> {
+        use crate::graphql::plain::{plain_object, string};
+        match field.name.node.as_str() {
+            "id" => string(self.id.as_str()),
+            "name" => string(&self.name),
+            "city" => string(&self.city),
+            "address" => string(&self.address),
+            "openingHours" => plain_object(
+                &OpeningHours {
+                    opens: self.opens.clone(),
+                    closes: self.closes.clone(),
+                },
+                ctx,
+                &field.selection_set.node,
+            ),
+            "floorCount" => Some(async_graphql::Value::from(self.floor_count)),
+            // `stores` may call the mall service.
+            _ => None,
+        }
+    }
+}
+
+impl crate::graphql::plain::PlainFields for OpeningHours {
+    const TYPE_NAME: &'static str = "OpeningHours";
+
+    fn plain_field(
+        &self,
+        _: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::parser::types::Field,
+    ) -> Option<async_graphql::Value> {
+        use crate::graphql::plain::string;
+        match field.name.node.as_str() {
+            "opens" => string(&self.opens),
+            "closes" => string(&self.closes),
+            _ => None,
+        }
+    }
+}
+
 impl crate::graphql::plain::PlainFields for Store {
     const TYPE_NAME: &'static str = "Store";
 

@@ -1,11 +1,13 @@
 //! Members and their coupons: types, queries and loaders.
 
-use async_graphql::{Context, Enum, ID, Object, Result};
+use async_graphql::parser::types::Field;
+use async_graphql::{Context, ContextSelectionSet, Enum, ID, Object, Result, Value};
 use chrono::{DateTime, Utc};
 
 use crate::auth::Principal;
 use crate::domain::{CouponId, MemberId, Money};
 use crate::error::ApiError;
+use crate::graphql::plain::{PlainFields, plain_object, string};
 use crate::graphql::request;
 
 /// A member (shopper) of the tenant.
@@ -119,6 +121,46 @@ impl Coupon {
     /// When the coupon expires.
     async fn expires_at(&self) -> crate::domain::Timestamp {
         crate::domain::Timestamp(self.expires_at)
+    }
+}
+
+impl PlainFields for Member {
+    const TYPE_NAME: &'static str = "Member";
+
+    fn plain_field(&self, ctx: &ContextSelectionSet<'_>, field: &Field) -> Option<Value> {
+        match field.name.node.as_str() {
+            "id" => string(self.id.as_str()),
+            "nickname" => string(&self.nickname),
+            "level" => string(&self.level),
+            "points" => Some(Value::from(i32::try_from(self.points).unwrap_or(i32::MAX))),
+            "wallet" => plain_object(&self.wallet, ctx, &field.selection_set.node),
+            // `coupons` may call the member service.
+            _ => None,
+        }
+    }
+}
+
+impl PlainFields for Coupon {
+    const TYPE_NAME: &'static str = "Coupon";
+
+    fn plain_field(&self, ctx: &ContextSelectionSet<'_>, field: &Field) -> Option<Value> {
+        let set = &field.selection_set.node;
+        let money = |amount: Option<&Money>| match amount {
+            Some(amount) => plain_object(amount, ctx, set),
+            None => Some(Value::Null),
+        };
+        match field.name.node.as_str() {
+            "id" => string(self.id.as_str()),
+            "title" => string(&self.title),
+            "kind" => Some(async_graphql::resolver_utils::enum_value(self.kind)),
+            "amountOff" => money(self.amount_off.as_ref()),
+            "percentOff" => Some(self.percent_off.map_or(Value::Null, Value::from)),
+            "minSpend" => money(Some(&self.min_spend)),
+            "expiresAt" => Some(async_graphql::ScalarType::to_value(
+                &crate::domain::Timestamp(self.expires_at),
+            )),
+            _ => None,
+        }
     }
 }
 

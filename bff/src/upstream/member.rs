@@ -19,6 +19,10 @@ struct MemberDto {
     wallet_balance_fen: i64,
     #[serde(default)]
     tags: Vec<String>,
+    /// The member's coupons, when asked for with `include=coupons` and the
+    /// service embeds them (an optional part of the contract).
+    #[serde(default)]
+    coupons: Option<Vec<CouponDto>>,
 }
 
 /// The member service's coupon record.
@@ -78,15 +82,95 @@ impl CouponDto {
     }
 }
 
+/// A member and their coupons, read in one call.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    /// The member; `None` if there is no such member.
+    pub member: Option<Member>,
+    /// Their usable coupons as the member service embedded them, with the
+    /// meaning of [`MemberClient::coupons`]; `None` when it did not embed
+    /// them (the coupons endpoint then has to be asked).
+    pub coupons: Option<Option<Vec<Coupon>>>,
+}
+
+/// How long a tenant's member service is taken not to embed coupons once
+/// it answered without them, before it is asked to again.
+const WITHOUT_EMBEDDED_COUPONS: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Members, coupons, points and wallet.
 #[derive(Debug, Clone)]
 pub struct MemberClient {
     endpoint: Endpoint,
+    /// Tenants whose member service answered `include=coupons` without
+    /// coupons: their coupons come from the coupons endpoint, asked
+    /// alongside the member.
+    no_embedded_coupons: moka::sync::Cache<TenantId, ()>,
 }
 
 impl MemberClient {
     pub(super) fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint }
+        Self {
+            endpoint,
+            no_embedded_coupons: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(WITHOUT_EMBEDDED_COUPONS)
+                .build(),
+        }
+    }
+
+    /// Whether `tenant`'s member service is taken to embed a member's
+    /// coupons in the member record (it did, or was not asked yet).
+    pub fn embeds_coupons(&self, tenant: &TenantId) -> bool {
+        !self.no_embedded_coupons.contains_key(tenant)
+    }
+
+    /// A member and, when the member service embeds them, their coupons,
+    /// in one call (`GET …/members?ids=…&include=coupons`). A service that
+    /// ignores `include` answers the member alone; that is remembered for
+    /// the tenant (see [`MemberClient::embeds_coupons`]).
+    pub async fn member_with_coupons(
+        &self,
+        tenant: &TenantId,
+        id: &MemberId,
+    ) -> Result<MemberRecord, UpstreamError> {
+        let path = ["tenants", tenant.as_str(), "members"];
+        let items: Option<Items<MemberDto>> = self
+            .endpoint
+            .get(
+                "members.batch",
+                &path,
+                &[("ids", id.as_str()), ("include", "coupons")],
+            )
+            .await?;
+        let Some(mut dto) = items
+            .map(|i| i.items)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.member_id == id.as_str())
+        else {
+            // No such member: no coupons either.
+            return Ok(MemberRecord {
+                member: None,
+                coupons: Some(None),
+            });
+        };
+        let coupons = dto.coupons.take();
+        let member = dto.into_domain();
+        if member.is_none() {
+            tracing::warn!(upstream = "member", "a malformed member record was dropped");
+        }
+        let coupons = match coupons {
+            Some(coupons) => Some(member.as_ref().map(|_| usable(coupons))),
+            None => {
+                self.no_embedded_coupons.insert(tenant.clone(), ());
+                tracing::info!(
+                    tenant = %tenant,
+                    "the member service does not embed coupons: asking its coupons endpoint"
+                );
+                None
+            }
+        };
+        Ok(MemberRecord { member, coupons })
     }
 
     /// Whether the service answers its health check.
@@ -126,17 +210,19 @@ impl MemberClient {
             "coupons",
         ];
         let items: Option<Items<CouponDto>> = self.endpoint.get("coupons.list", &path, &[]).await?;
-        Ok(items.map(|i| {
-            let total = i.items.len();
-            let coupons: Vec<Coupon> = i
-                .items
-                .into_iter()
-                .filter_map(CouponDto::into_domain)
-                .collect();
-            tracing::debug!(total, usable = coupons.len(), "coupons fetched");
-            coupons
-        }))
+        Ok(items.map(|i| usable(i.items)))
     }
+}
+
+/// The usable coupons of a coupon list.
+fn usable(records: Vec<CouponDto>) -> Vec<Coupon> {
+    let total = records.len();
+    let coupons: Vec<Coupon> = records
+        .into_iter()
+        .filter_map(CouponDto::into_domain)
+        .collect();
+    tracing::debug!(total, usable = coupons.len(), "coupons fetched");
+    coupons
 }
 
 /// The member service's hold record.

@@ -27,7 +27,7 @@ use crate::config::{RetrySettings, UpstreamSettings, UpstreamsSettings};
 use crate::metrics::Metrics;
 
 pub use mall::MallClient;
-pub use member::MemberClient;
+pub use member::{MemberClient, MemberRecord};
 pub use product::ProductClient;
 pub use resilience::Guard;
 

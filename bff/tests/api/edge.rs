@@ -688,19 +688,18 @@ async fn money_answers_the_same_through_plain_fields_and_fragments() {
     );
 }
 
-/// Products, their stores and prices are built at once for plain
-/// selections, and through the general resolvers whenever a fragment is
-/// involved: both must give the same bytes, in selection order.
+/// The card, its products, their stores and prices are built at once for
+/// plain selections, and through the general resolvers whenever a
+/// fragment is involved: both must give the same bytes, in selection order.
 #[tokio::test]
-async fn a_product_answers_the_same_through_plain_fields_and_fragments() {
+async fn a_card_answers_the_same_through_plain_fields_and_fragments() {
     let app = spawn_app().await;
     let token = app.token("member-1");
     const FIELDS: &str = "__typename id sku: id name category tags inStock listPrice { amount } \
         store { __typename id mallId name floor category } \
         price { __typename list { amount currency } final { amount } savings { amount } \
           applied { __typename ruleId label amount { amount } } degraded \
-          skippedRules { ruleId code } publicFallback } \
-        flashSale { price { amount } stock }";
+          skippedRules { ruleId code } publicFallback }";
     let raw = |query: String| {
         let (app, token) = (&app, &token);
         async move {
@@ -716,20 +715,45 @@ async fn a_product_answers_the_same_through_plain_fields_and_fragments() {
                 .unwrap()
         }
     };
-    let card = |selection: String| {
-        format!(
-            r#"{{ homeCard(mallId: "mall-1") {{ flashSale {{ {selection} }} recommended {{ {selection} }} }} }}"#
-        )
+    // Every object of the card, plain; then each behind a fragment, which
+    // takes the general path.
+    let card = |product: &str, wrap: fn(&str, &str) -> String| {
+        let product = wrap("Product", product);
+        let mall = wrap(
+            "Mall",
+            "__typename id name city address openingHours { opens closes } floorCount",
+        );
+        let member = wrap(
+            "Member",
+            "__typename id nickname level points wallet { amount }",
+        );
+        let coupon = wrap(
+            "Coupon",
+            "__typename id title kind amountOff { amount } percentOff minSpend { amount } expiresAt",
+        );
+        let fields = format!(
+            "__typename mall {{ {mall} }} member {{ {member} }} coupons {{ {coupon} }} \
+             flashSale {{ {product} }} recommended {{ {product} }}"
+        );
+        let card = wrap("HomeCard", &fields);
+        format!(r#"{{ homeCard(mallId: "mall-1") {{ {card} }} }}"#)
     };
-    let plain = raw(card(FIELDS.to_owned())).await;
-    let general = raw(card(format!("... on Product {{ {FIELDS} }}"))).await;
+    let plain = |product| card(product, |_, fields| fields.to_owned());
+    let general = |product| card(product, |ty, fields| format!("... on {ty} {{ {fields} }}"));
+    // A flash sale's `remaining` may wait on the checkout's stock: products
+    // on sale then take the general path within a plain selection.
+    let with_sale = format!("{FIELDS} flashSale {{ price {{ amount }} stock remaining }}");
+    assert_eq!(raw(plain(&with_sale)).await, raw(general(&with_sale)).await);
+    let (plain, general) = (raw(plain(FIELDS)).await, raw(general(FIELDS)).await);
     // The raw text: JSON maps in tests do not keep key order.
     assert_eq!(plain, general);
     let body: Value = serde_json::from_str(&plain).unwrap();
     assert!(body.get("errors").is_none(), "{plain}");
-    let recommended = key(key(key(&body, "data"), "homeCard"), "recommended")
-        .as_array()
-        .unwrap();
+    let card = key(key(&body, "data"), "homeCard");
+    assert_eq!(card["mall"]["id"], "mall-1", "{plain}");
+    assert_eq!(card["member"]["level"], "GOLD", "{plain}");
+    assert!(card["coupons"].as_array().unwrap().len() >= 2, "{plain}");
+    let recommended = key(card, "recommended").as_array().unwrap();
     assert!(!recommended.is_empty(), "{plain}");
     for product in recommended {
         assert_eq!(product["__typename"], "Product");

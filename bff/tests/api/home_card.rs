@@ -76,17 +76,18 @@ async fn a_members_home_card_has_everything_from_one_call_per_upstream_endpoint(
     for (upstream, endpoint) in [
         ("mall", "malls.batch"),
         ("mall", "stores.batch"),
+        // The member with their coupons embedded.
         ("member", "members.batch"),
-        ("member", "coupons.list"),
         ("product", "flash_sales.list"),
         ("product", "products.listing"),
     ] {
         assert_eq!(app.calls(upstream, endpoint), 1, "{upstream} {endpoint}");
     }
     assert_eq!(app.calls("product", "products.batch"), 0);
+    assert_eq!(app.calls("member", "coupons.list"), 0);
     // And the services themselves saw exactly those requests.
     assert_eq!(app.mall.requests(), 2);
-    assert_eq!(app.member.requests(), 2);
+    assert_eq!(app.member.requests(), 1);
     assert_eq!(app.product.requests(), 2);
 }
 
@@ -231,7 +232,7 @@ async fn a_second_card_reuses_cached_reference_and_catalogue_data_but_fetches_pe
     assert_eq!(app.calls("mall", "malls.batch"), 1);
     assert_eq!(app.calls("mall", "stores.batch"), 1);
     assert_eq!(app.calls("member", "members.batch"), 2);
-    assert_eq!(app.calls("member", "coupons.list"), 2);
+    assert_eq!(app.calls("member", "coupons.list"), 0);
     assert_eq!(app.calls("product", "products.listing"), 1);
     assert_eq!(app.calls("product", "flash_sales.list"), 1);
 }

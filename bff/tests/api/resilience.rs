@@ -758,3 +758,95 @@ async fn an_upstream_redirect_is_an_error_and_is_never_followed() {
         "no call reached the redirect's target"
     );
 }
+
+/// A member service that predates `include=coupons` (the demo service
+/// behind a proxy that drops that parameter): coupons still show, from the
+/// coupons endpoint, and once the BFF knows, it asks both endpoints at
+/// once rather than one after the other.
+#[tokio::test]
+async fn a_member_service_that_does_not_embed_coupons_is_asked_for_them_separately() {
+    let demo = DemoUpstreams::start(&bff::config::DemoSettings {
+        extra_tenants: vec![TenantId::parse("beta").unwrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let target = demo.service(Service::Member).base_url.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}/", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let router = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (target, log) = (target.clone(), log.clone());
+        async move {
+            // Everything but `include`, as a service that does not know it.
+            let query: Vec<&str> = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty() && !p.starts_with("include="))
+                .collect();
+            log.lock().unwrap().push(uri.path().to_owned());
+            let url = format!(
+                "{}{}?{}",
+                target.trim_end_matches('/'),
+                uri.path(),
+                query.join("&")
+            );
+            let resp = reqwest::get(url).await.unwrap();
+            let status = axum::http::StatusCode::from_u16(resp.status().as_u16()).unwrap();
+            (status, resp.text().await.unwrap())
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let app = spawn_app_with(|s| {
+        s.demo.extra_tenants = vec![TenantId::parse("beta").unwrap()];
+        s.upstreams.tenants.insert(
+            TenantId::parse("beta").unwrap(),
+            bff::config::TenantUpstreams {
+                member: Some(bff::config::TenantUpstream {
+                    base_url: proxy.parse().unwrap(),
+                    timeout_ms: Some(2_000),
+                }),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let beta = app.token_for("beta", "member-1", Role::Member);
+    let calls = |suffix: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.ends_with(suffix))
+            .count()
+    };
+    for round in 1..=2 {
+        let body = card_with(&app, &beta, &[]).await;
+        assert!(complete(&body), "{body}");
+        assert!(
+            body["data"]["homeCard"]["coupons"]
+                .as_array()
+                .unwrap()
+                .len()
+                >= 2,
+            "{body}"
+        );
+        assert_eq!(calls("/members"), round, "one member call per card");
+        assert_eq!(calls("/coupons"), round, "one coupons call per card");
+    }
+
+    // The default tenant's member service embeds them: one call a card.
+    let demo_token = app.token("member-1");
+    let body = card_with(&app, &demo_token, &[]).await;
+    assert!(complete(&body), "{body}");
+    assert!(
+        body["data"]["homeCard"]["coupons"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2,
+        "{body}"
+    );
+    assert_eq!(app.member.requests(), 1, "member and coupons in one call");
+}
