@@ -327,7 +327,12 @@ impl Caches {
 }
 
 fn key_of(tenant: &TenantId, id: &str) -> String {
-    format!("{tenant}/{id}")
+    let tenant = tenant.as_str();
+    let mut key = String::with_capacity(tenant.len() + 1 + id.len());
+    key.push_str(tenant);
+    key.push('/');
+    key.push_str(id);
+    key
 }
 
 /// What a fill found for one id: the value, and whether it is stale.

@@ -452,11 +452,14 @@ impl Loaders {
                 .stores(&self.tenant, &ids, &self.stale)
                 .await
             {
-                Ok(stores) => self
-                    .primed_stores
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(stores),
+                Ok(stores) => {
+                    let mut primed = self.primed_stores.lock().unwrap_or_else(|e| e.into_inner());
+                    if primed.is_empty() {
+                        *primed = stores;
+                    } else {
+                        primed.extend(stores);
+                    }
+                }
                 Err(err) => {
                     let _ = self.store_failure.set(err);
                 }

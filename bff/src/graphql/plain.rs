@@ -53,17 +53,18 @@ pub fn plain_object<T: PlainFields + ?Sized>(
         if !field.arguments.is_empty() || !field.directives.is_empty() {
             return None;
         }
-        let key = &field.response_key().node;
-        // A repeated key merges its selections: the general path knows how.
-        if map.contains_key(key) {
-            return None;
-        }
         let value = if field.name.node == "__typename" {
             Value::String(T::TYPE_NAME.to_owned())
         } else {
             object.plain_field(ctx, field)?
         };
-        map.insert(key.clone(), value);
+        // A repeated key merges its selections: the general path knows how.
+        if map
+            .insert(field.response_key().node.clone(), value)
+            .is_some()
+        {
+            return None;
+        }
     }
     // Validation admits no empty selection of an object.
     (!map.is_empty()).then_some(Value::Object(map))

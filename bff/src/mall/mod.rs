@@ -125,7 +125,7 @@ impl Directory {
             }
             .boxed()
         });
-        let keys: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let keys: Vec<String> = ids.iter().map(|i| i.as_str().to_owned()).collect();
         let found = self.stores.get_many(tenant, &keys, stale, fetch).await?;
         Ok(found.into_values().map(|s| (s.id.clone(), s)).collect())
     }
