@@ -69,10 +69,10 @@ impl AppState {
     pub fn schema(&self) -> &BffSchema {
         &self.inner.schemas.strict
     }
-    /// The GraphQL schema for requests that passed validation before (see
-    /// [`ValidationCache`]).
-    pub fn known_schema(&self) -> &BffSchema {
-        &self.inner.schemas.known
+    /// The GraphQL schemas: strict, and for requests that passed
+    /// validation before (see [`ValidationCache`]).
+    pub fn schemas(&self) -> &Schemas {
+        &self.inner.schemas
     }
     /// Requests known to pass validation.
     pub fn validations(&self) -> &ValidationCache {

@@ -595,9 +595,10 @@ async fn run_one(
     let validation = app
         .validations()
         .key(&text, operation_name.as_deref(), &variables);
-    let known = validation
+    let passed = validation
         .as_ref()
-        .is_some_and(|key| app.validations().passed(key));
+        .and_then(|key| app.validations().passed(key));
+    let known = passed.is_some();
 
     let stale = StaleLog::default();
     let loaders = Loaders::with_catalog(
@@ -617,12 +618,11 @@ async fn run_one(
         idempotency_key: caller.idempotency_key.clone(),
         checkout: Some(app.checkout().clone()),
     };
-    let schema = if known {
-        app.known_schema()
-    } else {
-        app.schema()
-    };
-    let mut response = schema.execute(request.data(ctx)).await;
+    let general_fields = super::GeneralFields::default();
+    let schema = app.schemas().for_request(passed);
+    let mut response = schema
+        .execute(request.data(ctx).data(general_fields.clone()))
+        .await;
     ensure_codes(&mut response);
     let stale = stale.parts();
     if !stale.is_empty() {
@@ -646,7 +646,7 @@ async fn run_one(
         // It passed every rule: the same request again needs only the
         // checks of the known-request schema.
         if let Some(key) = validation {
-            app.validations().remember(key);
+            app.validations().remember(key, general_fields.get());
         }
     }
     let data = executed.then(|| {
