@@ -180,11 +180,11 @@ impl Money {
 /// The GraphQL `Money` type: its fields, description and the general
 /// resolution path. [`Money`] resolves through it whenever a selection is
 /// more than plain fields.
-struct MoneyFields(Money);
+struct MoneyFields<'a>(&'a Money);
 
 /// An amount of money in an ISO 4217 currency.
 #[async_graphql::Object(name = "Money")]
-impl MoneyFields {
+impl MoneyFields<'_> {
     /// Amount in minor units (fen for CNY): ¥12.34 is 1234.
     async fn amount(&self) -> MinorUnits {
         MinorUnits(self.0.minor)
@@ -212,31 +212,9 @@ impl crate::graphql::plain::PlainFields for Money {
     }
 }
 
-/// `{ amount }` appears dozens of times in a card: plain selections of
-/// `Money` are built at once (see [`crate::graphql::plain`]).
-impl async_graphql::OutputType for Money {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <MoneyFields as async_graphql::OutputType>::type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <MoneyFields as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
-    ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match crate::graphql::plain::plain_object(self, ctx, &ctx.item.node) {
-            Some(value) => Ok(value),
-            None => {
-                let fields = MoneyFields(*self);
-                <MoneyFields as async_graphql::OutputType>::resolve(&fields, ctx, field).await
-            }
-        }
-    }
-}
+// `{ amount }` appears dozens of times in a card: plain selections of
+// `Money` are built at once (see `crate::graphql::plain`).
+crate::graphql::plain::plain_output_type!(Money, MoneyFields);
 
 /// The largest magnitude the API carries in minor units: 2⁵³ − 1, the
 /// largest integer every JSON parser (JavaScript's included) reads exactly.

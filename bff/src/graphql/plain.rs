@@ -15,9 +15,10 @@
 //! implementation. The two paths give byte-identical answers (see the
 //! `edge` API tests), so the fast one is an optimisation, not a variant.
 //!
-//! A type reached from a general resolver (a list of products, an amount)
-//! implements `OutputType` by hand: [`plain_object`] first, its derived
-//! object (a wrapper with the same type name) when that gives `None`.
+//! A type reached from a general resolver (a card, a list of products, an
+//! amount) implements `OutputType` with [`plain_output_type!`]:
+//! [`plain_object`] first, its derived object (a wrapper with the same type
+//! name) when that gives `None`.
 //! Types only ever reached through such a parent (a product's store and
 //! price) implement [`PlainFields`] beside their derived object.
 
@@ -99,3 +100,40 @@ pub fn plain_list<'a, T: PlainFields + 'a>(
 pub fn string(text: &str) -> Option<Value> {
     Some(Value::String(text.to_owned()))
 }
+
+/// Implements `OutputType` for `$ty`, a [`PlainFields`] type whose GraphQL
+/// object is derived on `$fields` (`struct $fields<'a>(&'a $ty)`, with the
+/// type's name, descriptions and resolvers): plain selections are built at
+/// once, every other one resolves through `$fields`.
+macro_rules! plain_output_type {
+    ($ty:ty, $fields:ident) => {
+        impl async_graphql::OutputType for $ty {
+            fn type_name() -> std::borrow::Cow<'static, str> {
+                <$fields<'static> as async_graphql::OutputType>::type_name()
+            }
+
+            fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+                <$fields<'static> as async_graphql::OutputType>::create_type_info(registry)
+            }
+
+            async fn resolve(
+                &self,
+                ctx: &async_graphql::ContextSelectionSet<'_>,
+                field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
+            ) -> async_graphql::ServerResult<async_graphql::Value> {
+                match $crate::graphql::plain::plain_object(self, ctx, &ctx.item.node) {
+                    Some(value) => Ok(value),
+                    None => {
+                        <$fields<'_> as async_graphql::OutputType>::resolve(
+                            &$fields(self),
+                            ctx,
+                            field,
+                        )
+                        .await
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use plain_output_type;

@@ -121,33 +121,7 @@ impl PlainFields for HomeCard {
     }
 }
 
-impl async_graphql::OutputType for HomeCard {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <HomeCardFields<'static> as async_graphql::OutputType>::type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <HomeCardFields<'static> as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<Field>,
-    ) -> async_graphql::ServerResult<Value> {
-        match plain_object(self, ctx, &ctx.item.node) {
-            Some(value) => Ok(value),
-            None => {
-                <HomeCardFields<'_> as async_graphql::OutputType>::resolve(
-                    &HomeCardFields(self),
-                    ctx,
-                    field,
-                )
-                .await
-            }
-        }
-    }
-}
+crate::graphql::plain::plain_output_type!(HomeCard, HomeCardFields);
 
 /// The home-card query.
 #[derive(Default)]

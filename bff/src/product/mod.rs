@@ -482,33 +482,7 @@ impl PlainFields for Product {
     }
 }
 
-impl async_graphql::OutputType for Product {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <ProductFields<'static> as async_graphql::OutputType>::type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <ProductFields<'static> as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<Field>,
-    ) -> async_graphql::ServerResult<Value> {
-        match plain_object(self, ctx, &ctx.item.node) {
-            Some(value) => Ok(value),
-            None => {
-                <ProductFields<'_> as async_graphql::OutputType>::resolve(
-                    &ProductFields(self),
-                    ctx,
-                    field,
-                )
-                .await
-            }
-        }
-    }
-}
+crate::graphql::plain::plain_output_type!(Product, ProductFields);
 
 /// Product queries.
 #[derive(Default)]

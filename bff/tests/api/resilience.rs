@@ -40,6 +40,24 @@ async fn card_with(app: &TestApp, token: &str, headers: &[(&str, &str)]) -> Valu
     resp.json().await.expect("JSON body")
 }
 
+/// An app whose extra tenant `beta` has its own member service at `url`.
+async fn with_beta_member_service(url: &str) -> TestApp {
+    spawn_app_with(|s| {
+        s.demo.extra_tenants = vec![TenantId::parse("beta").unwrap()];
+        s.upstreams.tenants.insert(
+            TenantId::parse("beta").unwrap(),
+            bff::config::TenantUpstreams {
+                member: Some(bff::config::TenantUpstream {
+                    base_url: url.parse().unwrap(),
+                    timeout_ms: Some(2_000),
+                }),
+                ..Default::default()
+            },
+        );
+    })
+    .await
+}
+
 /// Requests the three demo services of `app` received so far.
 fn upstream_requests(app: &TestApp) -> u64 {
     app.mall.requests() + app.member.requests() + app.product.requests()
@@ -729,20 +747,7 @@ async fn an_upstream_redirect_is_an_error_and_is_never_followed() {
         }
     });
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let app = spawn_app_with(|s| {
-        s.demo.extra_tenants = vec![TenantId::parse("beta").unwrap()];
-        s.upstreams.tenants.insert(
-            TenantId::parse("beta").unwrap(),
-            bff::config::TenantUpstreams {
-                member: Some(bff::config::TenantUpstream {
-                    base_url: redirector.parse().unwrap(),
-                    timeout_ms: Some(2_000),
-                }),
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let app = with_beta_member_service(&redirector).await;
     let beta = app.token_for("beta", "member-1", Role::Member);
     let body = card_with(&app, &beta, &[]).await;
     let card = &body["data"]["homeCard"];
@@ -799,20 +804,7 @@ async fn a_member_service_that_does_not_embed_coupons_is_asked_for_them_separate
         }
     });
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let app = spawn_app_with(|s| {
-        s.demo.extra_tenants = vec![TenantId::parse("beta").unwrap()];
-        s.upstreams.tenants.insert(
-            TenantId::parse("beta").unwrap(),
-            bff::config::TenantUpstreams {
-                member: Some(bff::config::TenantUpstream {
-                    base_url: proxy.parse().unwrap(),
-                    timeout_ms: Some(2_000),
-                }),
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let app = with_beta_member_service(&proxy).await;
     let beta = app.token_for("beta", "member-1", Role::Member);
     let calls = |suffix: &str| {
         seen.lock()
