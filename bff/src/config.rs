@@ -466,12 +466,12 @@ pub struct TenantUpstream {
 pub struct RetrySettings {
     /// Most retries of one call (0 turns retries off).
     pub max_retries: u32,
-    /// Delay before the first retry, in milliseconds; it doubles with each
-    /// further retry, with random jitter. A retry only starts if the
-    /// request's budget leaves time for it. Short: the retry budget is what
-    /// spares a failing upstream; the delay only spreads retries apart, and
-    /// a card waits for it.
-    pub min_delay_ms: u64,
+    /// Delay before the first retry, in milliseconds (fractions allowed,
+    /// e.g. `0.25`); it doubles with each further retry, with random
+    /// jitter. A retry only starts if the request's budget leaves time for
+    /// it. Short: the retry budget is what spares a failing upstream; the
+    /// delay only spreads retries apart, and a card waits for it.
+    pub min_delay_ms: f64,
     /// Longest delay between two tries, in milliseconds.
     pub max_delay_ms: u64,
     /// Retries allowed as a share of calls, per upstream (the retry
@@ -482,11 +482,18 @@ pub struct RetrySettings {
     pub budget_min_per_sec: u32,
 }
 
+impl RetrySettings {
+    /// The delay before the first retry.
+    pub fn min_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.min_delay_ms / 1000.0)
+    }
+}
+
 impl Default for RetrySettings {
     fn default() -> Self {
         Self {
             max_retries: 3,
-            min_delay_ms: 1,
+            min_delay_ms: 0.25,
             max_delay_ms: 50,
             budget_ratio: 0.25,
             budget_min_per_sec: 5,
@@ -1070,7 +1077,9 @@ impl Settings {
         if u.retry.max_retries > 10 {
             return bad("upstreams.retry.max_retries must be at most 10".into());
         }
-        if u.retry.min_delay_ms == 0 || u.retry.max_delay_ms < u.retry.min_delay_ms {
+        if !(u.retry.min_delay_ms.is_finite() && u.retry.min_delay_ms > 0.0)
+            || (u.retry.max_delay_ms as f64) < u.retry.min_delay_ms
+        {
             return bad(
                 "upstreams.retry.min_delay_ms must be positive and at most max_delay_ms".into(),
             );
@@ -1140,6 +1149,33 @@ mod tests {
             assert_eq!(settings.listen.port(), 9999);
             assert_eq!(settings.upstreams.product.timeout_ms, 300);
             assert_eq!(settings.upstreams.mall.timeout_ms, 800);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_first_retry_delay_takes_whole_and_fractional_milliseconds() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bff.toml", "[upstreams.retry]\nmin_delay_ms = 2\n")?;
+            let settings =
+                Settings::load(Some(Path::new("bff.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.upstreams.retry.min_delay(),
+                std::time::Duration::from_millis(2)
+            );
+            jail.set_env("BFF_UPSTREAMS__RETRY__MIN_DELAY_MS", "0.5");
+            let settings =
+                Settings::load(Some(Path::new("bff.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.upstreams.retry.min_delay(),
+                std::time::Duration::from_micros(500)
+            );
+            for refused in ["0", "-1", "nan", "51"] {
+                jail.set_env("BFF_UPSTREAMS__RETRY__MIN_DELAY_MS", refused);
+                let err = Settings::load(Some(Path::new("bff.toml"))).unwrap_err();
+                let err = err.to_string().to_lowercase();
+                assert!(err.contains("min_delay_ms"), "{refused}: {err}");
+            }
             Ok(())
         });
     }

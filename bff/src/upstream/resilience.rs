@@ -98,7 +98,7 @@ impl RetryPolicy {
         backon::ExponentialBuilder::default()
             .with_jitter()
             .with_factor(2.0)
-            .with_min_delay(Duration::from_millis(self.settings.min_delay_ms))
+            .with_min_delay(self.settings.min_delay())
             .with_max_delay(Duration::from_millis(self.settings.max_delay_ms))
             .with_max_times(self.settings.max_retries as usize)
     }
@@ -115,7 +115,7 @@ impl RetryPolicy {
         if let Some(deadline) = deadline() {
             let left = deadline.saturating_duration_since(Instant::now());
             // A try needs some time of its own to be worth sending.
-            if left <= delay + delay.max(Duration::from_millis(self.settings.min_delay_ms)) {
+            if left <= delay + delay.max(self.settings.min_delay()) {
                 return false;
             }
         }
