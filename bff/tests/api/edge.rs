@@ -25,6 +25,22 @@ async fn assert_alive(app: &TestApp) {
 
 /// The object at `data`, asserting the key is present (a missing key is
 /// not a null).
+/// The answer's raw text (JSON maps in tests do not keep key order).
+async fn raw_answer(app: &TestApp, query: String, token: Option<&str>) -> String {
+    let mut request = app.http.post(format!("{}/graphql", app.url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn key<'a>(value: &'a Value, name: &str) -> &'a Value {
     value
         .as_object()
@@ -654,20 +670,7 @@ async fn a_request_like_one_validated_before_gets_the_answer_it_would_get_first(
 #[tokio::test]
 async fn money_answers_the_same_through_plain_fields_and_fragments() {
     let app = spawn_app().await;
-    let raw = |query: &'static str| {
-        let app = &app;
-        async move {
-            app.http
-                .post(format!("{}/graphql", app.url))
-                .json(&json!({ "query": query }))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
+    let raw = |query: &'static str| raw_answer(&app, query.to_owned(), None);
     let plain = raw(
         r#"{ product(id: "sku-1") { listPrice { amount currency __typename cents: amount } } }"#,
     )
@@ -700,21 +703,7 @@ async fn a_card_answers_the_same_through_plain_fields_and_fragments() {
         price { __typename list { amount currency } final { amount } savings { amount } \
           applied { __typename ruleId label amount { amount } } degraded \
           skippedRules { ruleId code } publicFallback }";
-    let raw = |query: String| {
-        let (app, token) = (&app, &token);
-        async move {
-            app.http
-                .post(format!("{}/graphql", app.url))
-                .bearer_auth(token)
-                .json(&json!({ "query": query }))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
+    let raw = |query: String| raw_answer(&app, query, Some(&token));
     // Every object of the card, plain; then each behind a fragment, which
     // takes the general path.
     let card = |product: &str, wrap: fn(&str, &str) -> String| {

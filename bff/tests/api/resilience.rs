@@ -40,6 +40,17 @@ async fn card_with(app: &TestApp, token: &str, headers: &[(&str, &str)]) -> Valu
     resp.json().await.expect("JSON body")
 }
 
+/// Demo services of their own that know the extra tenant `beta` (its own
+/// CRM, or what a proxy or redirect points at).
+async fn beta_demo() -> DemoUpstreams {
+    DemoUpstreams::start(&bff::config::DemoSettings {
+        extra_tenants: vec![TenantId::parse("beta").unwrap()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// An app whose extra tenant `beta` has its own member service at `url`.
 async fn with_beta_member_service(url: &str) -> TestApp {
     spawn_app_with(|s| {
@@ -292,12 +303,7 @@ async fn with_a_fifth_of_upstream_calls_failing_cards_complete_without_hammering
 #[tokio::test(flavor = "multi_thread")]
 async fn one_tenants_broken_crm_opens_only_its_own_breaker_which_closes_after_recovery() {
     // Tenant `beta` has its own member service (a second demo server).
-    let crm = DemoUpstreams::start(&bff::config::DemoSettings {
-        extra_tenants: vec![TenantId::parse("beta").unwrap()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let crm = beta_demo().await;
     let crm_member = crm.service(Service::Member);
     let crm_url = crm_member.base_url.clone();
     let app = spawn_app_with(|s| {
@@ -722,12 +728,7 @@ async fn with_the_member_service_down_a_quote_is_public_marked_and_never_charged
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_redirect_is_an_error_and_is_never_followed() {
     // Where the redirects point: a working member service for `beta`.
-    let elsewhere = DemoUpstreams::start(&bff::config::DemoSettings {
-        extra_tenants: vec![TenantId::parse("beta").unwrap()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let elsewhere = beta_demo().await;
     let target = elsewhere.service(Service::Member);
     let target_url = target.base_url.to_string();
     // Beta's member service redirects every call there.
@@ -770,12 +771,7 @@ async fn an_upstream_redirect_is_an_error_and_is_never_followed() {
 /// once rather than one after the other.
 #[tokio::test]
 async fn a_member_service_that_does_not_embed_coupons_is_asked_for_them_separately() {
-    let demo = DemoUpstreams::start(&bff::config::DemoSettings {
-        extra_tenants: vec![TenantId::parse("beta").unwrap()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let demo = beta_demo().await;
     let target = demo.service(Service::Member).base_url.to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}/", listener.local_addr().unwrap());
