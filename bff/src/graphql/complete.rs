@@ -1,7 +1,6 @@
 //! Completing a response as the GraphQL specification defines it.
 //!
-//! The executor leaves a field that failed *out* of its parent object, and
-//! turns an object all of whose fields failed into `null`. The
+//! The executor leaves a field that failed *out* of its parent object. The
 //! specification instead wants every selected field present — a failed
 //! nullable field as `null` beside its error — and a failed non-null field
 //! to make its nearest nullable ancestor `null` (§6.4.4 "Handling Field
@@ -17,8 +16,8 @@
 //!
 //! * puts every selected field in selection order, inserting `null` where
 //!   the executor left a key out;
-//! * re-creates objects the executor collapsed to `null` when their own
-//!   fields failed (a non-null object, or one with errors below it);
+//! * re-creates objects that came back `null` when their own fields
+//!   failed (a non-null object, or one with errors below it);
 //! * propagates `null` from a non-null position to the nearest nullable
 //!   parent, up to `data` itself.
 //!
@@ -518,8 +517,10 @@ impl<'a> Walk<'a> {
             BaseType::Named(name) => {
                 match value {
                     Value::Null if composite && (!ty.nullable || self.errors_below(path)) => {
-                        // The executor collapsed an object whose fields all
-                        // failed: re-create it and complete its fields.
+                        // An object that came back null because its fields
+                        // failed (the published executor collapses such
+                        // objects; see vendor/README.md): re-create it and
+                        // complete its fields.
                         let mut map = IndexMap::new();
                         let r = self.object(&mut map, name.as_str(), sets, path);
                         *value = Value::Object(map);

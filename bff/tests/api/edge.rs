@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use bff::config::FaultSettings;
+
 use crate::helpers::{TestApp, codes, down, run_node_test, spawn_app, spawn_app_with};
 
 /// The server still answers `/healthz` promptly.
@@ -273,6 +275,74 @@ async fn fields_come_in_the_order_they_were_selected() {
         .find(r#""malls":[{"id":"#)
         .expect("malls with id first");
     assert!(malls > text.find(r#""zz""#).unwrap());
+}
+
+#[tokio::test]
+async fn fields_answer_in_the_order_they_were_selected_whichever_finishes_first() {
+    let app = spawn_app().await;
+    // The product service answers late; the mall service at once.
+    app.product.set_faults(FaultSettings {
+        latency_ms: 300,
+        ..FaultSettings::default()
+    });
+
+    // Root fields: `product` waits, `malls` is done first.
+    let text = raw_answer(
+        &app,
+        r#"{ product(id: "sku-1") { id } malls { id } }"#.to_owned(),
+        None,
+    )
+    .await;
+    assert!(
+        text.starts_with(r#"{"data":{"product":{"id":"sku-1"},"malls":[{"id":"#),
+        "{text}"
+    );
+
+    // Inside an object: the card's product lists wait, its mall does not.
+    let text = raw_answer(
+        &app,
+        r#"{ homeCard(mallId: "mall-1") { flashSale { id } mall { id } } }"#.to_owned(),
+        None,
+    )
+    .await;
+    assert!(
+        text.starts_with(r#"{"data":{"homeCard":{"flashSale":[{"id":"#),
+        "{text}"
+    );
+    assert!(text.ends_with(r#"],"mall":{"id":"mall-1"}}}}"#), "{text}");
+
+    // Errors come in selection order too: the waiting field's error
+    // first, although the anonymous `me` fails at once. (A product no
+    // answer above has cached.)
+    app.product.set_faults(FaultSettings {
+        latency_ms: 300,
+        ..down()
+    });
+    let (_, body) = app
+        .query(r#"{ product(id: "sku-none") { id } me { id } }"#, None)
+        .await;
+    assert_eq!(codes(&body), ["UPSTREAM_UNAVAILABLE", "UNAUTHENTICATED"]);
+    assert_eq!(body["errors"][0]["path"], json!(["product"]), "{body}");
+    assert_eq!(body["errors"][1]["path"], json!(["me"]), "{body}");
+}
+
+#[tokio::test]
+async fn an_object_whose_fields_are_all_skipped_is_an_empty_object() {
+    let app = spawn_app().await;
+    let text = raw_answer(
+        &app,
+        r#"{ mall(id: "mall-1") { id @skip(if: true) } malls { name @include(if: false) } }"#
+            .to_owned(),
+        None,
+    )
+    .await;
+    assert!(
+        text.starts_with(r#"{"data":{"mall":{},"malls":[{},{}"#),
+        "{text}"
+    );
+    assert!(!text.contains("null") && !text.contains("errors"), "{text}");
+    let text = raw_answer(&app, "{ __typename @skip(if: true) }".to_owned(), None).await;
+    assert_eq!(text, r#"{"data":{}}"#);
 }
 
 async fn post_raw(
