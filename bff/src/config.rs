@@ -384,6 +384,10 @@ pub struct UpstreamsSettings {
     /// Product service (products, listings, flash sales).
     pub product: UpstreamSettings,
     /// Largest number of idle pooled connections kept per upstream host.
+    /// At least the calls in flight to one host at peak: each call beyond
+    /// it opens a connection and closes it afterwards (a new TCP handshake
+    /// per call, sockets piling up in TIME_WAIT). Idle connections close
+    /// after 60 s.
     pub pool_max_idle_per_host: usize,
     /// Time one request (a whole card) may take, in milliseconds: every
     /// upstream call of the request gets at most what is left of it. A
@@ -406,7 +410,7 @@ impl Default for UpstreamsSettings {
             mall: UpstreamSettings::default(),
             member: UpstreamSettings::default(),
             product: UpstreamSettings::default(),
-            pool_max_idle_per_host: 64,
+            pool_max_idle_per_host: 1_024,
             request_budget_ms: 1_000,
             retry: RetrySettings::default(),
             breaker: BreakerSettings::default(),

@@ -14,6 +14,7 @@ pub mod server;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -52,6 +53,8 @@ impl DemoUpstreams {
             let control = ServiceControl::new(settings.faults);
             let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = listener.local_addr()?;
+            let counter = control.clone();
+            let listener = listener.tap_io(move |_| counter.accepted());
             let app = server::router(service, data.clone(), control.clone());
             let task = tokio::spawn(async move {
                 if let Err(err) = axum::serve(listener, app).await {

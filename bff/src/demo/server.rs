@@ -49,12 +49,13 @@ impl Service {
     }
 }
 
-/// Live fault settings and request counter of one running demo service.
-/// Cloning shares them.
+/// Live fault settings, request and connection counters of one running
+/// demo service. Cloning shares them.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceControl {
     faults: Arc<Mutex<FaultSettings>>,
     requests: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
 }
 
 impl ServiceControl {
@@ -63,6 +64,7 @@ impl ServiceControl {
         Self {
             faults: Arc::new(Mutex::new(faults)),
             requests: Arc::default(),
+            connections: Arc::default(),
         }
     }
 
@@ -79,6 +81,17 @@ impl ServiceControl {
     /// Requests received so far (fault-control requests excluded).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections accepted so far (where the service counts them:
+    /// each service of [`super::DemoUpstreams`] on its own listener).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts one accepted connection.
+    pub(super) fn accepted(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
     }
 }
 

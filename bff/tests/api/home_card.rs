@@ -384,3 +384,37 @@ async fn without_rules_every_price_is_the_list_price() {
     }
     assert!(seen >= 10, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_burst_of_cards_reuses_the_member_service_connections_of_the_first() {
+    let app = spawn_app().await;
+    // Slow enough that the cards of a burst all hold a member-service
+    // connection at once.
+    app.member.set_faults(FaultSettings {
+        latency_ms: 300,
+        ..FaultSettings::default()
+    });
+    let token = app.token("member-1");
+    let burst = || futures::future::join_all((0..150).map(|_| app.query(CARD, Some(&token))));
+
+    for (status, body) in burst().await {
+        assert_eq!(status, 200);
+        assert_eq!(body["errors"], Value::Null, "{body}");
+    }
+    let first = app.member.connections();
+    assert!(
+        first >= 100,
+        "the first burst's member calls overlapped: {first} connections"
+    );
+
+    for (status, body) in burst().await {
+        assert_eq!(status, 200);
+        assert_eq!(body["errors"], Value::Null, "{body}");
+    }
+    // Every connection of the first burst was kept for the next one.
+    let second = app.member.connections() - first;
+    assert!(
+        second <= 15,
+        "{second} new connections for the second burst"
+    );
+}
