@@ -20,6 +20,9 @@
 //! the card with the cache off, with the reference cache of before, with
 //! L1 only and with L1 + L2; upstream calls per card cold and warm; and the
 //! cost of rate limiting per request on Redis and on the embedded store.
+//! With `BENCH_BEFORE_BFF` (an earlier `bff` binary) it also measures that
+//! binary's card and the warm card in alternating rounds; with
+//! `BENCH_ONLY=rounds` it runs only those rounds.
 //!
 //! Figures are written to stdout as Markdown; `bff/docs/benchmarks.md`
 //! records them.
@@ -114,16 +117,21 @@ async fn wait_up(url: &str) {
     panic!("{url} did not come up");
 }
 
-/// CPU seconds (user + system) used so far by a process.
-fn cpu_secs(pid: u32) -> f64 {
+/// CPU seconds (user, system) used so far by a process.
+fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the `(comm)`; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum()
-    });
-    ticks / 100.0 // USER_HZ is 100 on Linux
+    let secs = |i: usize| {
+        // USER_HZ is 100 on Linux.
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (secs(11), secs(12))
 }
 
 /// Busy CPU seconds of the whole machine so far (all cores), from
@@ -161,6 +169,8 @@ struct Stats {
     errors: u64,
     cpu_pct: f64,
     cpu_us_per_req: f64,
+    /// Of `cpu_us_per_req`, the kernel's share (system time).
+    sys_us_per_req: f64,
     machine_pct: f64,
 }
 
@@ -212,7 +222,7 @@ async fn closed_loop(t: &Arc<Target>, conns: usize, secs: u64) -> Stats {
     for _ in 0..conns {
         send(&http, t).await;
     }
-    let cpu0 = cpu_secs(t.pid);
+    let cpu0 = cpu_split(t.pid);
     let busy0 = machine_busy_secs();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
@@ -244,7 +254,7 @@ async fn closed_loop(t: &Arc<Target>, conns: usize, secs: u64) -> Stats {
         hist,
         errors,
         started.elapsed(),
-        cpu_secs(t.pid) - cpu0,
+        cpu_used(t.pid, cpu0),
         machine_busy_secs() - busy0,
     )
 }
@@ -256,7 +266,7 @@ async fn open_loop(t: &Arc<Target>, rate: f64, secs: u64) -> Stats {
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let cpu0 = cpu_secs(t.pid);
+    let cpu0 = cpu_split(t.pid);
     let busy0 = machine_busy_secs();
     let started = Instant::now();
     let total = (rate * secs as f64) as u64;
@@ -282,14 +292,28 @@ async fn open_loop(t: &Arc<Target>, rate: f64, secs: u64) -> Stats {
         hist,
         errors,
         started.elapsed(),
-        cpu_secs(t.pid) - cpu0,
+        cpu_used(t.pid, cpu0),
         machine_busy_secs() - busy0,
     )
 }
 
-fn finish(hist: Histogram<u64>, errors: u64, wall: Duration, cpu: f64, busy: f64) -> Stats {
+/// CPU seconds (user + system, system) a process used since `before`
+/// (from [`cpu_split`]).
+fn cpu_used(pid: u32, before: (f64, f64)) -> (f64, f64) {
+    let (user, system) = cpu_split(pid);
+    (user - before.0 + system - before.1, system - before.1)
+}
+
+fn finish(
+    hist: Histogram<u64>,
+    errors: u64,
+    wall: Duration,
+    (cpu, sys): (f64, f64),
+    busy: f64,
+) -> Stats {
     let n = hist.len().max(1);
     Stats {
+        sys_us_per_req: sys * 1e6 / n as f64,
         rps: n as f64 / wall.as_secs_f64(),
         p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
@@ -473,6 +497,23 @@ async fn run() {
     );
     if std::env::var("BENCH_ONLY").as_deref() == Ok("cache") {
         cache_and_admission(&token, &card_body, secs, conns).await;
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("rounds") {
+        let bin = std::env::var("BENCH_BEFORE_BFF")
+            .expect("BENCH_ONLY=rounds needs BENCH_BEFORE_BFF (an earlier bff binary)");
+        let (upstreams, up_url) = demo_upstreams().await;
+        let redis =
+            std::env::var("BFF_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let extra = vec![
+            ("BFF_REDIS_URL", redis),
+            (
+                "BFF_STORE__NAMESPACE",
+                format!("bench-rounds-{}-{}", std::process::id(), free_port()),
+            ),
+        ];
+        alternating_rounds(&bin, &up_url, &token, &card_body, &extra).await;
+        drop(upstreams);
         return;
     }
 
@@ -742,8 +783,9 @@ async fn personal_calls(bff: &str) -> f64 {
 /// kind in L1 only and in L1 + L2 (Redis); upstream calls per card cold and
 /// warm; the same card with the rate limiter checking every request on
 /// Redis and on the embedded store.
-async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: usize) {
-    let redis = std::env::var("BFF_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+/// The demo upstreams (`bff upstreams`) with `BENCH_LATENCY_MS` (default
+/// 5) of latency, and their base URL.
+async fn demo_upstreams() -> (Proc, String) {
     let latency = env_or("BENCH_LATENCY_MS", 5u64);
     let up_port = free_port();
     let upstreams = spawn(Command::new(env!("CARGO_BIN_EXE_bff")).args([
@@ -755,6 +797,13 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
     ]));
     let up_url = format!("http://127.0.0.1:{up_port}");
     wait_up(&format!("{up_url}/mall/healthz")).await;
+    (upstreams, up_url)
+}
+
+async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: usize) {
+    let redis = std::env::var("BFF_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let latency = env_or("BENCH_LATENCY_MS", 5u64);
+    let (upstreams, up_url) = demo_upstreams().await;
     println!("## Two-level cache (member card, upstream latency {latency} ms)\n");
     println!(
         "| target | req/s | p50 ms | p99 ms | server CPU | server CPU µs/req | machine CPU (of 200%) | peak RSS MiB | errors |"
@@ -836,6 +885,13 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
             "Warm card throughput, two-level cache (L1 + L2) / the card before (earlier binary): **{:.2}×**\n",
             rps[3] / before
         );
+    }
+    if let Ok(bin) = std::env::var("BENCH_BEFORE_BFF") {
+        let extra = vec![
+            ("BFF_REDIS_URL", redis.clone()),
+            ("BFF_STORE__NAMESPACE", namespace("rounds")),
+        ];
+        alternating_rounds(&bin, &up_url, token, card_body, &extra).await;
     }
 
     // A node whose L1 is empty but whose L2 is warm: what a new or restarted
@@ -928,6 +984,118 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
         cpu[3].1 - cpu[2].1,
     );
     drop(upstreams);
+}
+
+/// The card before (`before_bin`) and the warm card (L1 + L2) both running,
+/// measured in alternating short rounds (`BENCH_ROUNDS`, default 6, of
+/// `BENCH_ROUND_SECS`, default 4) at each connection count of
+/// `BENCH_ROUND_CONNS` (default `32,64,128,256`): on a shared machine whose
+/// speed drifts by a quarter between minutes, each round compares the two
+/// under the same conditions. Which of the two goes first alternates from
+/// round to round. Throughput is each binary's best median over the
+/// connection counts (a card that is still latency-bound at one count is
+/// not at its maximum there).
+async fn alternating_rounds(
+    before_bin: &str,
+    up_url: &str,
+    token: &str,
+    card_body: &Value,
+    extra: &[(&str, String)],
+) {
+    let rounds: usize = env_or("BENCH_ROUNDS", 6usize).max(1);
+    let round_secs: u64 = env_or("BENCH_ROUND_SECS", 4);
+    let conn_counts: Vec<usize> = std::env::var("BENCH_ROUND_CONNS")
+        .unwrap_or_else(|_| "32,64,128,256".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .filter(|&c| c > 0)
+        .collect();
+    let (old, old_url) = start_before(before_bin, up_url);
+    let (new, new_url) = start_bff_with(up_url, 0, Cache::L1L2, false, extra);
+    wait_up(&format!("{old_url}/healthz")).await;
+    wait_up(&format!("{new_url}/healthz")).await;
+    let targets = [
+        Target::graphql(&old_url, token, card_body.clone(), old.pid()),
+        Target::graphql(&new_url, token, card_body.clone(), new.pid()),
+    ];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    println!(
+        "### The card before and the warm card in alternating rounds ({rounds} × {round_secs} s each)\n"
+    );
+    println!(
+        "| connections | round | the card before req/s | its CPU µs/req (of which system) | machine CPU | warm card L1 + L2 req/s | its CPU µs/req (of which system) | machine CPU | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // Per connection count: the median req/s of each binary and the
+    // rounds' ratios.
+    let mut summary = Vec::new();
+    for &conns in &conn_counts {
+        let (mut before_rps, mut warm_rps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut stats = [None, None];
+            for i in order {
+                stats[i] = Some(closed_loop(&targets[i], conns, round_secs).await);
+            }
+            let [Some(b), Some(w)] = stats else {
+                unreachable!("both measured")
+            };
+            let ratio = w.rps / b.rps;
+            println!(
+                "| {conns} | {} | {:.0} | {:.0} ({:.0}) | {:.0}% | {:.0} | {:.0} ({:.0}) | {:.0}% | {ratio:.2}× |",
+                round + 1,
+                b.rps,
+                b.cpu_us_per_req,
+                b.sys_us_per_req,
+                b.machine_pct,
+                w.rps,
+                w.cpu_us_per_req,
+                w.sys_us_per_req,
+                w.machine_pct,
+            );
+            before_rps.push(b.rps);
+            warm_rps.push(w.rps);
+            ratios.push(ratio);
+        }
+        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        summary.push((
+            conns,
+            median(before_rps),
+            median(warm_rps),
+            median(ratios),
+            lowest,
+        ));
+    }
+    println!();
+    println!(
+        "| connections | the card before, median req/s | warm card, median req/s | median ratio of the rounds | lowest ratio |"
+    );
+    println!("|---|---|---|---|---|");
+    for (conns, b, w, ratio, lowest) in &summary {
+        println!("| {conns} | {b:.0} | {w:.0} | {ratio:.2}× | {lowest:.2}× |");
+    }
+    let best = |pick: fn(&(usize, f64, f64, f64, f64)) -> f64| {
+        summary
+            .iter()
+            .map(|s| (s.0, pick(s)))
+            .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a })
+    };
+    let (b_conns, b_rps) = best(|s| s.1);
+    let (w_conns, w_rps) = best(|s| s.2);
+    println!();
+    println!(
+        "Throughput, each at its best connection count: the card before {b_rps:.0} req/s ({b_conns} connections), the warm card {w_rps:.0} req/s ({w_conns} connections): **{:.2}×**\n",
+        w_rps / b_rps.max(f64::MIN_POSITIVE)
+    );
+    drop((old, new));
 }
 
 /// The hand-written ceiling: one axum handler, the same upstream clients,

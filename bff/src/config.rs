@@ -474,7 +474,9 @@ pub struct RetrySettings {
     /// e.g. `0.25`); it doubles with each further retry, with random
     /// jitter. A retry only starts if the request's budget leaves time for
     /// it. Short: the retry budget is what spares a failing upstream; the
-    /// delay only spreads retries apart, and a card waits for it.
+    /// delay only spreads retries apart, and a card waits for it. A delay
+    /// under 1 ms (below the timer's resolution) yields instead of
+    /// sleeping.
     pub min_delay_ms: f64,
     /// Longest delay between two tries, in milliseconds.
     pub max_delay_ms: u64,

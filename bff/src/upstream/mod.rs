@@ -213,6 +213,7 @@ impl Endpoint {
         let attempt = || self.get_once(tenant, route, endpoint, path, query);
         attempt
             .retry(route.retry.backoff())
+            .sleep(resilience::RetryPolicy::pause)
             .when(|failure| matches!(failure, Failure::Retry(_)))
             .adjust(|_, delay| {
                 let delay = delay?;

@@ -103,6 +103,20 @@ impl RetryPolicy {
             .with_max_times(self.settings.max_retries as usize)
     }
 
+    /// Waits out a retry's backoff `delay`. The runtime's timer counts
+    /// whole milliseconds: a shorter sleep lasts until a later tick, often
+    /// a millisecond or more, so a delay under a millisecond only yields
+    /// (the tasks already waiting run first, then the retry). Longer
+    /// delays sleep. The retry budget, not the delay, is what spares a
+    /// failing upstream.
+    pub async fn pause(delay: Duration) {
+        if delay < Duration::from_millis(1) {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Records a first try (it earns the budget a share of a retry).
     pub fn deposit(&self) {
         self.budget.deposit();
@@ -503,6 +517,17 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_under_a_millisecond_only_yields_and_a_longer_one_sleeps() {
+        // The clock is paused: it moves only when every task sleeps.
+        let t0 = tokio::time::Instant::now();
+        RetryPolicy::pause(Duration::from_micros(250)).await;
+        RetryPolicy::pause(Duration::from_micros(999)).await;
+        assert_eq!(tokio::time::Instant::now(), t0);
+        RetryPolicy::pause(Duration::from_millis(2)).await;
+        assert!(tokio::time::Instant::now() - t0 >= Duration::from_millis(2));
+    }
 
     fn settings() -> BreakerSettings {
         BreakerSettings {
