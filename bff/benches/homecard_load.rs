@@ -944,8 +944,9 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
         }
         extra
     };
-    let mut cpu = Vec::new();
-    for (name, store, on) in [
+    // All four run at once and are measured in rotating rounds, so each
+    // on/off pair is compared under the same conditions.
+    let configs = [
         ("Redis store, rate limits off", Some(redis.as_str()), false),
         (
             "Redis store, rate limits on (one script call per request)",
@@ -958,7 +959,10 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
             None,
             true,
         ),
-    ] {
+    ];
+    let mut nodes = Vec::new();
+    let mut targets = Vec::new();
+    for (_, store, on) in configs {
         let mut extra = high(store);
         // Set after `start_bff_with`'s own default, so it wins.
         extra.push(("BFF_ADMISSION__ENABLED", on.to_string()));
@@ -969,21 +973,83 @@ async fn cache_and_admission(token: &str, card_body: &Value, secs: u64, conns: u
         };
         let (bff, url2) = start_bff_with(&up_url, 0, mode, false, &extra);
         wait_up(&format!("{url2}/healthz")).await;
-        let target = Target::graphql(&url2, token, card_body.clone(), bff.pid());
-        let stats = closed_loop(&target, conns, secs).await;
-        println!("{}", row(name, &stats, peak_rss_mib(target.pid)));
-        cpu.push((stats.cpu_us_per_req, stats.p50_ms));
-        drop(bff);
+        targets.push(Target::graphql(&url2, token, card_body.clone(), bff.pid()));
+        nodes.push(bff);
     }
+    let rounds: usize = env_or("BENCH_ROUNDS", 6usize).max(1);
+    let round_secs: u64 = env_or("BENCH_ROUND_SECS", 4);
+    let measured = rounds_of(&targets, conns, rounds, round_secs).await;
+    for ((name, _, _), (stats, target)) in configs.iter().zip(measured.iter().zip(&targets)) {
+        println!(
+            "{}",
+            row(name, &median_stats(stats), peak_rss_mib(target.pid))
+        );
+    }
+    // The cost of the limits: the median over rounds of (on − off).
+    let added = |on: usize, off: usize, field: fn(&Stats) -> f64| {
+        median(
+            measured[on]
+                .iter()
+                .zip(&measured[off])
+                .map(|(a, b)| field(a) - field(b))
+                .collect(),
+        )
+    };
     println!();
     println!(
-        "Rate limiting adds **{:.0} µs** of BFF CPU and **{:.2} ms** of p50 per request on Redis, **{:.0} µs** / **{:.2} ms** on the embedded store.\n",
-        cpu[1].0 - cpu[0].0,
-        cpu[1].1 - cpu[0].1,
-        cpu[3].0 - cpu[2].0,
-        cpu[3].1 - cpu[2].1,
+        "Medians of {rounds} rotating rounds of {round_secs} s. Rate limiting adds **{:.0} µs** of BFF CPU and **{:.2} ms** of p50 per request on Redis, **{:.0} µs** / **{:.2} ms** on the embedded store (median of each round's on − off).\n",
+        added(1, 0, |s| s.cpu_us_per_req),
+        added(1, 0, |s| s.p50_ms),
+        added(3, 2, |s| s.cpu_us_per_req),
+        added(3, 2, |s| s.p50_ms),
     );
+    drop(nodes);
     drop(upstreams);
+}
+
+/// Measures every target in each of `rounds` rounds of `secs` seconds,
+/// the order rotating from round to round (on a shared machine whose speed
+/// drifts, targets measured in the same round compare under the same
+/// conditions). Per target, its figures in round order.
+async fn rounds_of(
+    targets: &[Arc<Target>],
+    conns: usize,
+    rounds: usize,
+    secs: u64,
+) -> Vec<Vec<Stats>> {
+    let n = targets.len();
+    let mut out: Vec<Vec<Stats>> = (0..n).map(|_| Vec::with_capacity(rounds)).collect();
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            out[i].push(closed_loop(&targets[i], conns, secs).await);
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Each figure's median over `rounds`.
+fn median_stats(rounds: &[Stats]) -> Stats {
+    let m = |f: fn(&Stats) -> f64| median(rounds.iter().map(f).collect());
+    Stats {
+        rps: m(|s| s.rps),
+        p50_ms: m(|s| s.p50_ms),
+        p99_ms: m(|s| s.p99_ms),
+        errors: rounds.iter().map(|s| s.errors).sum(),
+        cpu_pct: m(|s| s.cpu_pct),
+        cpu_us_per_req: m(|s| s.cpu_us_per_req),
+        sys_us_per_req: m(|s| s.sys_us_per_req),
+        machine_pct: m(|s| s.machine_pct),
+    }
 }
 
 /// The card before (`before_bin`) and the warm card (L1 + L2) both running,
@@ -1018,15 +1084,6 @@ async fn alternating_rounds(
         Target::graphql(&old_url, token, card_body.clone(), old.pid()),
         Target::graphql(&new_url, token, card_body.clone(), new.pid()),
     ];
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
     println!(
         "### The card before and the warm card in alternating rounds ({rounds} × {round_secs} s each)\n"
     );
@@ -1038,16 +1095,9 @@ async fn alternating_rounds(
     // rounds' ratios.
     let mut summary = Vec::new();
     for &conns in &conn_counts {
+        let measured = rounds_of(&targets, conns, rounds, round_secs).await;
         let (mut before_rps, mut warm_rps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut stats = [None, None];
-            for i in order {
-                stats[i] = Some(closed_loop(&targets[i], conns, round_secs).await);
-            }
-            let [Some(b), Some(w)] = stats else {
-                unreachable!("both measured")
-            };
+        for (round, (b, w)) in measured[0].iter().zip(&measured[1]).enumerate() {
             let ratio = w.rps / b.rps;
             println!(
                 "| {conns} | {} | {:.0} | {:.0} ({:.0}) | {:.0}% | {:.0} | {:.0} ({:.0}) | {:.0}% | {ratio:.2}× |",

@@ -2,7 +2,8 @@
 //! on a 3-master Redis Cluster: `get` (one hash field), `compare_and_set`
 //! (the CAS script) and the checkout's reservation script
 //! (`create_order`), the latter on one scope (one slot, so one node) and
-//! spread over many scopes (many slots, so every node).
+//! spread over many scopes (many slots, so every node); and `admit`, the
+//! per-request rate-limit check, there and on the embedded store.
 //!
 //! `cargo bench -p bff --bench store_cluster --profile dev`
 //!
@@ -20,11 +21,11 @@ mod local_redis;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bff::domain::{MallId, MemberId, ProductId, TenantId};
 use bff::store::checkout::{CheckoutStore, NewOrder, OrderId, Scope, StockLine};
-use bff::store::{RedisStore, Store};
+use bff::store::{EmbeddedStore, RateKey, RedisStore, Store};
 use hdrhistogram::Histogram;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -94,6 +95,38 @@ fn order(scope: &Scope, sku: &ProductId, n: u64) -> NewOrder {
         due_at_ms: 0,
         body: "{}".into(),
     }
+}
+
+/// A member's and the tenant's rates, as admission checks them (limits far
+/// above the load: every call is admitted).
+fn rates(n: u64) -> Vec<RateKey> {
+    let rate = |key: String| RateKey {
+        key,
+        interval: Duration::from_micros(1),
+        burst: 1_000_000,
+    };
+    vec![
+        rate(format!("member:member-{}", n % 200)),
+        rate("tenant".into()),
+    ]
+}
+
+/// `admit` (the per-request rate-limit check) on `store`.
+async fn admit(store: Arc<dyn Store>, backend: &str, calls: u64, concurrency: u64) {
+    measure(
+        "admit (member and tenant rates)",
+        backend,
+        calls,
+        concurrency,
+        move |n| {
+            let s = store.clone();
+            async move {
+                let refused = s.admit("bench", &rates(n), 1).await.expect("admit");
+                assert!(refused.is_none(), "limits are far above the load");
+            }
+        },
+    )
+    .await;
 }
 
 async fn suite(backend: &str, url: &str, calls: u64, concurrency: u64) {
@@ -173,6 +206,8 @@ async fn suite(backend: &str, url: &str, calls: u64, concurrency: u64) {
     )
     .await;
 
+    admit(store.clone(), backend, calls, concurrency).await;
+
     const SCOPES: u64 = 16;
     for mall in 1..=SCOPES {
         store
@@ -223,4 +258,8 @@ async fn main() {
         concurrency,
     )
     .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("bff.redb")).expect("embedded store"));
+    admit(embedded, "embedded (in-process)", calls, concurrency).await;
 }
