@@ -236,6 +236,40 @@ async fn suite(backend: &str, url: &str, calls: u64, concurrency: u64) {
     .await;
 }
 
+/// Removes what the bench wrote to the single server (keys matching
+/// `pattern`), so runs do not pile up keys in a Redis that tests share.
+/// The cluster the bench starts goes away with it.
+async fn remove_keys(url: &str, pattern: &str) {
+    let client = redis::Client::open(url).expect("Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("UNLINK");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let calls = env_or("BENCH_CALLS", 20_000);
@@ -251,6 +285,8 @@ async fn main() {
     println!("| operation | backend | calls | concurrency | calls/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
     suite("one Redis", &single, calls, concurrency).await;
+    // Keys of a script's scope carry the namespace inside a hash tag.
+    remove_keys(&single, "*bff-bench:store:*").await;
     suite(
         "Redis Cluster (3 masters)",
         &cluster_url,
