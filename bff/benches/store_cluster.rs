@@ -238,7 +238,8 @@ async fn suite(backend: &str, url: &str, calls: u64, concurrency: u64) {
 
 /// Removes what the bench wrote to the single server (keys matching
 /// `pattern`), so runs do not pile up keys in a Redis that tests share.
-/// The cluster the bench starts goes away with it.
+/// The cluster the bench starts itself goes away with it; keys written to a
+/// cluster given by `BENCH_REDIS_CLUSTER_URL` stay.
 async fn remove_keys(url: &str, pattern: &str) {
     let client = redis::Client::open(url).expect("Redis URL");
     let mut conn = client
@@ -285,8 +286,13 @@ async fn main() {
     println!("| operation | backend | calls | concurrency | calls/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
     suite("one Redis", &single, calls, concurrency).await;
-    // Keys of a script's scope carry the namespace inside a hash tag.
-    remove_keys(&single, "*bff-bench:store:*").await;
+    // This run's keys only (keys of a script's scope carry the namespace
+    // inside a hash tag).
+    remove_keys(
+        &single,
+        &format!("*bff-bench:store:{}:*", std::process::id()),
+    )
+    .await;
     suite(
         "Redis Cluster (3 masters)",
         &cluster_url,

@@ -404,6 +404,20 @@ pub struct UpstreamsSettings {
     pub tenants: std::collections::HashMap<TenantId, TenantUpstreams>,
 }
 
+impl UpstreamsSettings {
+    /// The most idle upstream connections the process keeps open: the pool
+    /// size for each of the three shared services, and for each service a
+    /// tenant has its own.
+    pub fn idle_connections_kept(&self) -> u64 {
+        let hosts = 3 + self
+            .tenants
+            .values()
+            .map(|t| t.iter().count())
+            .sum::<usize>();
+        (self.pool_max_idle_per_host as u64).saturating_mul(hosts as u64)
+    }
+}
+
 impl Default for UpstreamsSettings {
     fn default() -> Self {
         Self {
@@ -1137,6 +1151,28 @@ impl UpstreamsSettings {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn idle_upstream_connections_count_every_service_a_tenant_has_its_own() {
+        let mut upstreams = UpstreamsSettings {
+            pool_max_idle_per_host: 100,
+            ..UpstreamsSettings::default()
+        };
+        assert_eq!(upstreams.idle_connections_kept(), 300);
+        let own = TenantUpstream {
+            base_url: "http://crm.example/".parse().unwrap(),
+            timeout_ms: None,
+        };
+        upstreams.tenants.insert(
+            TenantId::parse("beta").unwrap(),
+            TenantUpstreams {
+                member: Some(own.clone()),
+                product: Some(own),
+                mall: None,
+            },
+        );
+        assert_eq!(upstreams.idle_connections_kept(), 500);
+    }
 
     #[test]
     fn file_then_env_layers_override_defaults() {

@@ -361,6 +361,7 @@ impl Application {
             self.listener,
             self.router,
             &self.state.settings().server,
+            self.state.settings().upstreams.idle_connections_kept(),
             shutdown_signal(),
         )
         .await;

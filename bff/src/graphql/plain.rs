@@ -67,7 +67,8 @@ pub fn plain_object<T: PlainFields + ?Sized>(
             return None;
         }
     }
-    // Validation admits no empty selection of an object.
+    // A selection left empty (every field skipped by `@skip`/`@include`)
+    // goes the general way, which answers `{}`.
     (!map.is_empty()).then_some(Value::Object(map))
 }
 

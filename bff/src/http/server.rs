@@ -45,7 +45,8 @@ use crate::config::ServerSettings;
 use crate::error::BodyTimeout;
 
 /// File descriptors kept free for everything that is not a client
-/// connection: upstream and Redis connections, the store's file, logs.
+/// connection or an idle upstream connection: upstream calls in flight,
+/// Redis connections, the store's file, logs.
 const RESERVED_FDS: u64 = 256;
 
 /// What a connection past the cap is told before it is closed.
@@ -64,13 +65,17 @@ struct Limits {
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits for every open connection to finish its request in
 /// flight.
+///
+/// `upstream_fds` is how many idle upstream connections the process may
+/// keep open: the connection cap leaves them their descriptors.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: &ServerSettings,
+    upstream_fds: u64,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let max_connections = fitting_max_connections(settings.max_connections);
+    let max_connections = fitting_max_connections(settings.max_connections, upstream_fds);
     let permits = Arc::new(Semaphore::new(max_connections));
     let limits = Limits {
         header_read: settings.header_read_timeout(),
@@ -144,19 +149,28 @@ fn refuse(stream: TcpStream) {
 }
 
 /// The configured connection cap, lowered to what the process's file
-/// descriptor limit allows (after raising the soft limit to the hard one),
-/// so that the cap, not descriptor exhaustion, is what turns clients away.
-fn fitting_max_connections(configured: usize) -> usize {
+/// descriptor limit allows (after raising the soft limit to the hard one)
+/// once `upstream_fds` idle upstream connections and [`RESERVED_FDS`] are
+/// set aside, so that the cap, not descriptor exhaustion, is what turns
+/// clients away.
+fn fitting_max_connections(configured: usize, upstream_fds: u64) -> usize {
     let Some(fds) = descriptor_limit() else {
         return configured;
     };
-    let fitting = usize::try_from(fds.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    let fitting = usize::try_from(
+        fds.saturating_sub(RESERVED_FDS)
+            .saturating_sub(upstream_fds)
+            .max(1),
+    )
+    .unwrap_or(usize::MAX);
     if fitting < configured {
         tracing::warn!(
             configured,
             fitting,
             file_descriptors = fds,
-            "server.max_connections lowered to fit the file descriptor limit"
+            idle_upstream_connections = upstream_fds,
+            "server.max_connections lowered to fit the file descriptor limit \
+             (raise the open-file limit, or lower upstreams.pool_max_idle_per_host)"
         );
         fitting
     } else {
@@ -437,5 +451,26 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_to_idle_upstream_connections() {
+        let Some(fds) = descriptor_limit() else {
+            return; // No limit to fit: nothing to check on this platform.
+        };
+        let all = usize::try_from(fds.saturating_sub(RESERVED_FDS)).unwrap();
+        assert_eq!(fitting_max_connections(usize::MAX, 0), all.max(1));
+        let upstream = fds / 2;
+        assert_eq!(
+            fitting_max_connections(usize::MAX, upstream),
+            all.saturating_sub(upstream as usize).max(1)
+        );
+        // Below the limit the configured cap stands.
+        assert_eq!(fitting_max_connections(1, upstream), 1);
     }
 }
