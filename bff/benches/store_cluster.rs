@@ -246,28 +246,13 @@ async fn remove_keys(url: &str, pattern: &str) {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis answers");
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(10_000)
+    let keys = local_redis::keys_matching(&mut conn, pattern).await;
+    for batch in keys.chunks(10_000) {
+        let _: () = redis::cmd("UNLINK")
+            .arg(batch)
             .query_async(&mut conn)
             .await
-            .expect("SCAN");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .expect("UNLINK");
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+            .expect("UNLINK");
     }
 }
 

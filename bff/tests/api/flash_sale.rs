@@ -8,7 +8,7 @@ use bff::store::EmbeddedStore;
 use bff::store::checkout::{CheckoutStore, Scope};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, codes, keys_matching, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, codes, spawn_app, spawn_app_with};
 use crate::store::{redis_url, unique_namespace};
 
 const PRODUCT: &str = r#"query($id: ID!) {
@@ -201,7 +201,7 @@ async fn a_node_defines_a_stock_counter_again_when_redis_lost_it() {
     // not refuse the SKU as unknown.
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys = keys_matching(&mut conn, &format!("{ns}:co:*:stock:*")).await;
+    let keys = crate::local_redis::keys_matching(&mut conn, &format!("{ns}:co:*:stock:*")).await;
     assert!(!keys.is_empty());
     let _: () = redis::cmd("DEL")
         .arg(&keys)

@@ -279,3 +279,34 @@ fn free_ports(n: usize) -> Vec<u16> {
     assert_eq!(ports.len(), n, "no free ports for local Redis servers");
     ports
 }
+
+/// The keys matching `pattern` on the Redis behind `conn`, read with SCAN
+/// (a shared server may hold millions of keys: `KEYS` would block it for
+/// longer than a client waits).
+pub async fn keys_matching(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(conn)
+            .await
+            .expect("SCAN");
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key more than once.
+    keys.sort();
+    keys.dedup();
+    keys
+}

@@ -12,7 +12,7 @@ use bff::demo::{DemoUpstreams, Service};
 use bff::domain::TenantId;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, codes, down, keys_matching, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, codes, down, spawn_app, spawn_app_with};
 use crate::store::{redis_url, unique_namespace};
 
 const CARD: &str = r#"{
@@ -501,7 +501,7 @@ async fn redis_restarted_empty_keeps_the_promotions_and_reports_the_fault() {
     // Redis comes back empty: this test's namespace only.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys = keys_matching(&mut conn, &format!("{ns}:*")).await;
+    let keys = crate::local_redis::keys_matching(&mut conn, &format!("{ns}:*")).await;
     assert!(!keys.is_empty());
     let _: () = redis::cmd("DEL")
         .arg(&keys)
