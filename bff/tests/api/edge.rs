@@ -25,16 +25,14 @@ async fn assert_alive(app: &TestApp) {
     assert_eq!(resp.status(), 200);
 }
 
-/// The object at `data`, asserting the key is present (a missing key is
-/// not a null).
 /// The answer's raw text (JSON maps in tests do not keep key order).
-async fn raw_answer(app: &TestApp, query: String, token: Option<&str>) -> String {
+async fn raw_answer(app: &TestApp, query: impl AsRef<str>, token: Option<&str>) -> String {
     let mut request = app.http.post(format!("{}/graphql", app.url));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     request
-        .json(&json!({ "query": query }))
+        .json(&json!({ "query": query.as_ref() }))
         .send()
         .await
         .unwrap()
@@ -43,6 +41,8 @@ async fn raw_answer(app: &TestApp, query: String, token: Option<&str>) -> String
         .unwrap()
 }
 
+/// The value at `name` in `value`, asserting the key is present (a
+/// missing key is not a null).
 fn key<'a>(value: &'a Value, name: &str) -> &'a Value {
     value
         .as_object()
@@ -289,7 +289,7 @@ async fn fields_answer_in_the_order_they_were_selected_whichever_finishes_first(
     });
     let text = raw_answer(
         &app,
-        r#"{ product(id: "sku-2") { store { id } id } }"#.to_owned(),
+        r#"{ product(id: "sku-2") { store { id } id } }"#,
         None,
     )
     .await;
@@ -308,7 +308,7 @@ async fn fields_answer_in_the_order_they_were_selected_whichever_finishes_first(
     });
     let text = raw_answer(
         &app,
-        r#"{ product(id: "sku-1") { id } malls { id } }"#.to_owned(),
+        r#"{ product(id: "sku-1") { id } malls { id } }"#,
         None,
     )
     .await;
@@ -337,8 +337,7 @@ async fn an_object_whose_fields_are_all_skipped_is_an_empty_object() {
     let app = spawn_app().await;
     let text = raw_answer(
         &app,
-        r#"{ mall(id: "mall-1") { id @skip(if: true) } malls { name @include(if: false) } }"#
-            .to_owned(),
+        r#"{ mall(id: "mall-1") { id @skip(if: true) } malls { name @include(if: false) } }"#,
         None,
     )
     .await;
@@ -347,7 +346,7 @@ async fn an_object_whose_fields_are_all_skipped_is_an_empty_object() {
         "{text}"
     );
     assert!(!text.contains("null") && !text.contains("errors"), "{text}");
-    let text = raw_answer(&app, "{ __typename @skip(if: true) }".to_owned(), None).await;
+    let text = raw_answer(&app, "{ __typename @skip(if: true) }", None).await;
     assert_eq!(text, r#"{"data":{}}"#);
 }
 
@@ -746,7 +745,7 @@ async fn a_request_like_one_validated_before_gets_the_answer_it_would_get_first(
 #[tokio::test]
 async fn money_answers_the_same_through_plain_fields_and_fragments() {
     let app = spawn_app().await;
-    let raw = |query: &'static str| raw_answer(&app, query.to_owned(), None);
+    let raw = |query: &'static str| raw_answer(&app, query, None);
     let plain = raw(
         r#"{ product(id: "sku-1") { listPrice { amount currency __typename cents: amount } } }"#,
     )
